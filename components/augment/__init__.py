@@ -1,0 +1,1 @@
+"""Augmenters: batched tensor ops on the training device."""

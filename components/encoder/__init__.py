@@ -1,0 +1,1 @@
+"""Encoders: timm ViTs with the paths masked image modeling needs."""

@@ -1,0 +1,115 @@
+"""A timm Vision Transformer with the paths masked image modeling needs.
+
+- ``mask_mode: replace`` (BEiT, SimMIM, EVA, iBOT, DINOv2): a learnable mask
+  token replaces masked patch embeddings before [CLS] and position
+  information are added; every token goes through the blocks.
+- ``mask_mode: drop`` (MAE): position information is added, masked tokens are
+  dropped, and only [CLS] plus the visible tokens go through the blocks.
+Images may carry leading view dims ``[V,B,...]``; they are folded into the
+batch for one encoder call and unfolded in the outputs.
+"""
+from __future__ import annotations
+
+import re
+from typing import Literal, Optional
+
+import timm
+import torch
+from pydantic import Field
+from torch import nn
+
+from graphssl.component import BuildContext, Component, ComponentConfig, In, Out
+from graphssl.ops.patches import sincos_2d
+from graphssl.ports import IMAGES, TOKEN_MASK, TOKENS, VECTOR
+from graphssl.registry import register
+
+
+@register("encoder.vit")
+class ViTEncoder(Component):
+    """Any timm ViT by name, with size overrides; outputs final-normed [CLS] and patch tokens."""
+
+    class Config(ComponentConfig):
+        arch: str = Field("vit_tiny_patch16_224", description="timm model name")
+        img_size: Optional[int] = Field(None, ge=8, description="input side; default: data.image_size")
+        patch_size: int = Field(16, ge=1)
+        depth: Optional[int] = Field(None, ge=1, description="number of blocks (default: the arch's)")
+        embed_dim: Optional[int] = Field(None, ge=8, description="width (default: the arch's)")
+        num_heads: Optional[int] = Field(None, ge=1)
+        mlp_ratio: Optional[float] = Field(None, gt=0)
+        drop_path: float = Field(0.0, ge=0.0, lt=1.0, description="stochastic depth rate of the last block")
+        layer_scale: Optional[float] = Field(None, gt=0, description="LayerScale init (BEiT 0.1, DINOv2 1e-5)")
+        pos_embed: Literal["learned", "sincos"] = Field("learned", description="sincos: MAE's fixed 2-D table")
+        mask_mode: Literal["replace", "drop"] = "replace"
+        pretrained: bool = Field(False, description="load timm's pretrained weights (needs them reachable)")
+        checkpoint: Optional[str] = Field(None, description="a local state-dict file to load")
+
+    inputs = {
+        "images": In(IMAGES, "images, possibly with leading view dims"),
+        "mask": In(TOKEN_MASK, "tokens to mask (True = masked); without it nothing is masked", optional=True),
+    }
+    outputs = {
+        "cls": Out(VECTOR, "final-normed [CLS] token"),
+        "patches": Out(TOKENS, "final-normed patch tokens; with mask_mode drop, only the visible ones, in grid order"),
+    }
+
+    def __init__(self, config: Config, ctx: BuildContext):
+        super().__init__(config, ctx)
+        kwargs = dict(img_size=config.img_size or ctx.image_size, patch_size=config.patch_size, num_classes=0,
+                      in_chans=ctx.channels, drop_path_rate=config.drop_path, dynamic_img_size=True)
+        for key, value in (("depth", config.depth), ("embed_dim", config.embed_dim), ("num_heads", config.num_heads),
+                           ("mlp_ratio", config.mlp_ratio), ("init_values", config.layer_scale)):
+            if value is not None:
+                kwargs[key] = value
+        self.vit = timm.create_model(config.arch, pretrained=config.pretrained, **kwargs)
+        self.embed_dim = self.vit.embed_dim
+        if config.pos_embed == "sincos":
+            gh, gw = self.vit.patch_embed.grid_size
+            table = sincos_2d(self.embed_dim, gh, gw, cls_token=True)[None]
+            self.vit.pos_embed = nn.Parameter(table, requires_grad=False)
+        if config.mask_mode == "replace":
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
+        if config.checkpoint:
+            state = torch.load(config.checkpoint, map_location="cpu", weights_only=True)
+            self.load_state_dict(state.get("state_dict", state))
+
+    @property
+    def patch_size(self) -> int:
+        return self.config.patch_size
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        lead = images.shape[:-3]
+        x = self.vit.patch_embed(images.reshape(-1, *images.shape[-3:]))  # [B', gh, gw, D]
+        b, gh, gw, d = x.shape
+        if mask is not None:
+            if mask.shape != (*lead, gh * gw):
+                raise ValueError(f"mask shape {tuple(mask.shape)} does not match the token grid "
+                                 f"{tuple(lead) + (gh * gw,)} ({gh}x{gw} patches)")
+            mask = mask.reshape(b, gh, gw)
+            if self.config.mask_mode == "replace":
+                x = torch.where(mask[..., None], self.mask_token.to(x.dtype).view(1, 1, 1, d), x)
+        x = self.vit._pos_embed(x)  # [B', 1 + N, D]: [CLS] prepended, positions added
+        if mask is not None and self.config.mask_mode == "drop":
+            visible = ~mask.reshape(b, -1)
+            counts = visible.sum(1)
+            if not bool((counts == counts[0]).all()):
+                raise ValueError("mask_mode drop needs the same number of masked tokens in every image")
+            patches = x[:, 1:][visible].reshape(b, int(counts[0]), d)
+            x = torch.cat([x[:, :1], patches], dim=1)
+        x = self.vit.norm_pre(x)
+        x = self.vit.blocks(x)
+        x = self.vit.norm(x)
+        prefix = self.vit.num_prefix_tokens
+        cls, tokens = x[:, 0], x[:, prefix:]
+        return {"cls": cls.reshape(*lead, d), "patches": tokens.reshape(*lead, tokens.shape[1], d)}
+
+    # -- for optimisers (layer-wise lr decay) ------------------------------
+    def num_layers(self) -> int:
+        return len(self.vit.blocks) + 1
+
+    def layer_id(self, param_name: str) -> int:
+        """0 for embeddings, i + 1 for block i, num_layers for the final norm (BEiT/MAE convention)."""
+        if param_name.startswith(("vit.cls_token", "vit.pos_embed", "vit.patch_embed", "vit.reg_token", "mask_token")):
+            return 0
+        match = re.match(r"vit\.blocks\.(\d+)\.", param_name)
+        return int(match.group(1)) + 1 if match else self.num_layers()

@@ -1,0 +1,1 @@
+"""Evaluators: measures of frozen features, run on a schedule."""

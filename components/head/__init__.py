@@ -1,0 +1,1 @@
+"""Heads: projections from encoder tokens to predictions."""

@@ -1,0 +1,1 @@
+"""Losses: scalar objectives, each one paper's formula."""

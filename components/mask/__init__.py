@@ -1,0 +1,1 @@
+"""Maskers: token masks, bool[*,N], True = masked."""

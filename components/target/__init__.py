@@ -1,0 +1,1 @@
+"""Targets: what the student predicts (pixels, code ids, features)."""

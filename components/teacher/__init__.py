@@ -1,0 +1,1 @@
+"""Teachers: modules that follow the student (EMA) or stay frozen."""

@@ -1,0 +1,207 @@
+"""Pipeline YAML: loading (OmegaConf, overrides) and the pydantic schema.
+
+The ``nodes`` section is validated per component by :mod:`graphssl.graph`;
+everything else is validated here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from graphssl.errors import PipelineError, Problem, did_you_mean
+from graphssl.schedules import Scheduled
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Strict):
+    """Training and evaluation images."""
+
+    dataset: Literal["fashion_mnist", "mnist", "image_folder", "cifar10"] = "fashion_mnist"
+    root: Optional[str] = Field(None, description="dataset folder; default: the Debian package's path")
+    image_size: int = Field(32, ge=8, description="side of the square images the pipeline sees")
+    channels: Literal[1, 3] = 3
+    batch_size: int = Field(64, ge=1, description="images per step (per process)")
+    limit: Optional[int] = Field(None, ge=1, description="use only the first N training images")
+    normalize: Literal["dataset", "imagenet", "clip", "inception", "none"] = "dataset"
+
+
+class TrainConfig(Strict):
+    """Optimisation: AdamW with per-step warm-up + cosine lr, scheduled weight decay."""
+
+    steps: int = Field(ge=1)
+    lr: float = Field(gt=0, description="base lr, before the lr_scaling rule")
+    lr_scaling: Literal["none", "linear_256", "linear_512", "sqrt_1024"] = "none"
+    min_lr: float = Field(0.0, ge=0)
+    warmup: float = Field(0.0, ge=0, description="warm-up length: a fraction of steps if < 1, else steps")
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: Scheduled = 0.05
+    clip_grad: Optional[float] = Field(None, gt=0)
+    clip_mode: Literal["global", "per_tensor"] = "global"
+    layer_decay: float = Field(1.0, gt=0, le=1)
+    log_every: int = Field(10, ge=1, description="steps between metric flushes to MLflow")
+
+
+class EvalConfig(Strict):
+    every: Optional[int] = Field(None, ge=1, description="run evaluators every N steps (and always at the end)")
+    limit: int = Field(2000, ge=10, description="images per evaluation set (bank and queries)")
+
+
+class PipelineConfig(Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    vars: dict[str, Any] = Field(default_factory=dict, description="free values for ${vars.x} interpolation")
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    nodes: dict[str, dict[str, Any]]
+    objective: dict[str, float] = Field(description="loss node -> weight; the training loss is the weighted sum")
+
+
+SECTION_MODELS: dict[str, type[BaseModel]] = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+
+
+def yaml_lines(text: str) -> dict[str, int]:
+    """Map dotted YAML paths to 1-based line numbers (for error messages)."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, path: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = f"{path}.{key.value}" if path else str(key.value)
+                lines[sub] = key.start_mark.line + 1
+                walk(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[f"{path}.{i}"] = item.start_mark.line + 1
+                walk(item, f"{path}.{i}")
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def line_of(lines: dict[str, int], path: str) -> int | None:
+    """The line of ``path`` or of its nearest ancestor present in the file."""
+    parts = path.split(".")
+    while parts:
+        found = lines.get(".".join(parts))
+        if found is not None:
+            return found
+        parts.pop()
+    return None
+
+
+def _override_known(raw: dict[str, Any], key: str) -> tuple[bool, list[str]]:
+    """Is an override key a real key (in the file or the schema)? Also candidates for a hint."""
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            continue
+        if i == 0:
+            return part in PipelineConfig.model_fields, list(PipelineConfig.model_fields)
+        if i == 1 and parts[0] in SECTION_MODELS:
+            fields = list(SECTION_MODELS[parts[0]].model_fields)
+            return part in fields and len(parts) == 2, fields
+        if parts[0] in ("nodes", "vars") and i >= 2:
+            return True, []  # a node parameter: the component's schema decides
+        return False, list(node) if isinstance(node, dict) else []
+    return True, []
+
+
+class LoadedPipeline:
+    """A pipeline file after YAML parsing, overrides and interpolation."""
+
+    def __init__(self, path: str, raw: dict[str, Any], lines: dict[str, int]):
+        self.path = path
+        self.raw = raw
+        self.lines = lines
+
+    def problem(self, path: str, message: str, warning: bool = False) -> Problem:
+        return Problem(path, message, line_of(self.lines, path), warning)
+
+
+def load_yaml(path: str | Path, overrides: list[str] = ()) -> LoadedPipeline:
+    """Parse the file, apply ``key=value`` overrides and resolve interpolation.
+
+    Raises PipelineError (every problem at once) on a syntax error, a bad
+    override or a broken interpolation.
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise PipelineError([Problem("", f"cannot read the pipeline file: {e.strerror}")], source) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = getattr(e, "problem", None) or str(e)
+        raise PipelineError([Problem("", f"YAML syntax error at {where}{what}", mark.line + 1 if mark else None)], source) from None
+    if not isinstance(data, dict):
+        raise PipelineError([Problem("", "a pipeline file must be a YAML mapping (name:, data:, train:, nodes:, ...)")], source)
+    lines = yaml_lines(text)
+    problems: list[Problem] = []
+    dotlist = []
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or not key:
+            problems.append(Problem(f"override {item!r}", "overrides are written key=value, e.g. train.steps=50"))
+            continue
+        known, candidates = _override_known(data, key)
+        if not known:
+            hint = did_you_mean(key.split(".")[-1], candidates)
+            problems.append(Problem(key, f"override of a key that does not exist{hint}"))
+            continue
+        dotlist.append(item)
+    if problems:
+        raise PipelineError(problems, source)
+    try:
+        conf = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(dotlist))
+        resolved = OmegaConf.to_container(conf, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or ""
+        msg = str(e).splitlines()[0]
+        raise PipelineError([Problem(str(key), f"cannot resolve: {msg}", line_of(lines, str(key)))], source) from None
+    return LoadedPipeline(source, resolved, lines)
+
+
+def validate_sections(loaded: LoadedPipeline) -> tuple[PipelineConfig | None, list[Problem]]:
+    """pydantic validation of everything; node bodies are checked later per component."""
+    try:
+        return PipelineConfig.model_validate(loaded.raw), []
+    except ValidationError as e:
+        return None, [loaded.problem(*pydantic_problem(err)) for err in e.errors()]
+
+
+def pydantic_problem(err: dict[str, Any], prefix: str = "") -> tuple[str, str]:
+    """(dotted path, message) from one pydantic error."""
+    loc = [str(x) for x in err["loc"] if not str(x).startswith(("function-", "tagged-union"))]
+    # Union members (float | Schedule) add their type name to the path; drop it.
+    loc = [x for x in loc if x not in ("float", "Schedule", "int", "str", "list[float]", "tuple[float, float]")]
+    path = ".".join(([prefix] if prefix else []) + loc)
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return path, "unknown key"
+    if kind == "missing":
+        return path, "required key is missing"
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    return path, f"{err['msg']} (got {shown})"

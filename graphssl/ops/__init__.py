@@ -1,0 +1,1 @@
+"""Pure tensor functions shared by components (patchify, position tables)."""
