@@ -12,7 +12,7 @@ Components never import each other; the pipeline YAML wires them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -88,6 +88,10 @@ class BuildContext:
     modules: dict[str, nn.Module] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     data: Any = None  # the pipeline's Data (evaluators read labelled splits from it)
+    # Loads a module trained elsewhere: "STAGE.NODE" (a module an earlier stage
+    # trained; at check time, an untrained module of the same config) or a path
+    # to a checkpoint that graphssl wrote. Returns an nn.Module in eval mode.
+    load_module: Callable[[str], nn.Module] | None = None
 
 
 class Component(nn.Module):
@@ -100,7 +104,9 @@ class Component(nn.Module):
     # Config fields whose values name other nodes' modules (not data ports).
     module_refs: ClassVar[tuple[str, ...]] = ()
     # "step": runs every training step; "evaluator": runs on a schedule via
-    # evaluate(); "owner": holds modules (e.g. an EMA copy) and has no ports.
+    # evaluate(); "owner": holds copies of other nodes' modules (an EMA teacher)
+    # and has no ports: it implements provides(config) -> node names and
+    # copy_of(name) -> nn.Module, and "call: OWNER.NODE" nodes run the copies.
     role: ClassVar[str] = "step"
     # True when the component's outputs must not carry gradients (targets, teachers).
     no_grad: ClassVar[bool] = False

@@ -46,7 +46,8 @@ class TrainConfig(Strict):
     weight_decay: Scheduled = 0.05
     clip_grad: Optional[float] = Field(None, gt=0)
     clip_mode: Literal["global", "per_tensor"] = "global"
-    layer_decay: float = Field(1.0, gt=0, le=1)
+    layer_decay: float = Field(1.0, gt=0, le=1, description="layer-wise lr decay (DINOv2 0.9); 1 = off")
+    patch_embed_lr: float = Field(1.0, gt=0, description="lr multiplier of patch embeddings (DINOv2 0.2)")
     log_every: int = Field(10, ge=1, description="steps between metric flushes to MLflow")
 
 

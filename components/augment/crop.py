@@ -1,0 +1,65 @@
+"""One view per image: RandomResizedCrop + horizontal flip (MAE, SimMIM, EVA).
+
+images float[B,C,H,W] (normalised) -> images float[B,C,S,S]. Batched on the
+images' device: one affine grid + ``grid_sample`` for the whole batch.
+Optional colour jitter (BEiT's ColorJitter(0.4, 0.4, 0.4)) is off by default;
+when on, pixels are un-normalised with ``mean``/``std``, jittered in [0, 1],
+and normalised again.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+from pydantic import Field, field_validator
+
+from graphssl.component import BuildContext, Component, ComponentConfig, In, Out
+from graphssl.ops.augment import color_jitter, resized_crops
+from graphssl.ports import IMAGES
+from graphssl.registry import register
+
+
+@register("augment.crop")
+class Crop(Component):
+    """Batched RandomResizedCrop (scale 0.2-1, ratio 3/4-4/3, bicubic) + flip p 0.5."""
+
+    class Config(ComponentConfig):
+        size: Optional[int] = Field(None, ge=1, description="output side S; default: data.image_size")
+        scale: tuple[float, float] = Field((0.2, 1.0), description="crop area range, fraction of the image "
+                                           "(MAE/EVA 0.2-1, SimMIM 0.67-1)")
+        ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="aspect ratio range (log-uniform)")
+        flip_prob: float = Field(0.5, ge=0.0, le=1.0, description="horizontal flip probability")
+        interpolation: Literal["bicubic", "bilinear", "nearest"] = Field("bicubic", description="resampling")
+        color_jitter: float = Field(0.0, ge=0.0, description="brightness = contrast = saturation strength "
+                                    "(BEiT 0.4); 0 = off")
+        mean: Optional[list[float]] = Field(None, description="per-channel mean the images were normalised "
+                                            "with (only used by colour jitter); default: the data's, else ImageNet")
+        std: Optional[list[float]] = Field(None, description="per-channel std, as mean")
+
+        @field_validator("scale", "ratio")
+        @classmethod
+        def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+            if not 0 < v[0] <= v[1]:
+                raise ValueError(f"expected 0 < low <= high, got {v}")
+            return v
+
+    inputs = {"images": In(IMAGES, "normalised images [B,C,H,W]")}
+    outputs = {"images": Out(IMAGES, "one augmented view per image [B,C,S,S]")}
+
+    def __init__(self, config: Config, ctx: BuildContext):
+        super().__init__(config, ctx)
+        self.size = config.size or ctx.image_size
+        mean = config.mean or getattr(ctx.data, "mean", None) or (0.485, 0.456, 0.406)
+        std = config.std or getattr(ctx.data, "std", None) or (0.229, 0.224, 0.225)
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        c = self.config
+        views = resized_crops(images, 1, self.size, c.scale, c.ratio, c.flip_prob, c.interpolation)[0]
+        if c.color_jitter > 0:
+            mean, std = self.mean.to(views)[: views.shape[1]], self.std.to(views)[: views.shape[1]]
+            pixels = (views * std + mean).clamp(0, 1)
+            pixels = color_jitter(pixels, c.color_jitter, c.color_jitter, c.color_jitter, 0.0, prob=1.0)
+            views = (pixels - mean) / std
+        return {"images": views}

@@ -1,0 +1,110 @@
+"""EVA's target: patch features of a frozen encoder, one per student patch.
+
+``source`` names the encoder:
+- ``timm:NAME``: ``timm.create_model(NAME, pretrained=...)``, e.g.
+  ``timm:vit_large_patch14_clip_224.openai`` (EVA-01's CLIP-L/14) or
+  ``timm:vit_base_patch16_clip_224.openai``. The target is the last layer's
+  patch tokens after the final norm (CLIP's ``ln_post``), [CLS] and other
+  prefix tokens dropped, then (``project: true``) the model's linear head
+  applied per token: for timm's CLIP towers that is the visual projection
+  (EVA-01: 768-d). ``weights`` loads the pretrained weights from a local
+  file instead of the hub.
+- ``STAGE.NODE`` or a checkpoint path: a module from ``ctx.load_module``
+  whose call returns patch tokens, either a tensor [B,N,F] or a dict with
+  ``patches`` (``encoder.vit``).
+
+The encoder is frozen, kept in eval mode and run without gradients. Its grid
+must be the student's (a ValueError names both); ``image_size`` resizes the
+images (bicubic) to the teacher's input side first.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import timm
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from graphssl.component import BuildContext, Component, ComponentConfig, In, Out
+from graphssl.ops.grid import check_grid, grid_text
+from graphssl.ports import IMAGES, TOKENS
+from graphssl.registry import register
+
+
+class TimmPatchFeatures(nn.Module):
+    """A timm ViT as a patch-feature extractor: final-normed patch tokens, optionally through its head."""
+
+    def __init__(self, model: nn.Module, project: bool):
+        super().__init__()
+        self.model = model
+        if project and not isinstance(getattr(model, "head", None), nn.Linear):
+            raise ValueError(f"project: true needs a timm model whose head is a linear projection, "
+                             f"got {type(getattr(model, 'head', None)).__name__}")
+        self.project = project
+        self.patch_size = model.patch_embed.patch_size[0]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.model.forward_features(images)[:, self.model.num_prefix_tokens:]
+        tokens = self.model.fc_norm(tokens)  # identity for CLIP towers (their final norm is in forward_features)
+        return self.model.head(tokens) if self.project else tokens
+
+
+@register("target.features")
+class FeatureTarget(Component):
+    """images float[*,C,H,W] -> target float[*,N,F]: a frozen encoder's patch features."""
+
+    no_grad = True
+
+    class Config(ComponentConfig):
+        source: str = Field(description='"timm:NAME", "STAGE.NODE" of an earlier stage, or a checkpoint path')
+        patch_size: int = Field(16, ge=1, description="the student's patch size, to check the grids align")
+        image_size: Optional[int] = Field(None, ge=8, description="resize the images to this side before the teacher")
+        pretrained: bool = Field(True, description="timm: load the pretrained weights")
+        weights: Optional[str] = Field(None, description="timm: a local file with the pretrained weights (no download)")
+        model_kwargs: dict[str, Any] = Field(default_factory=dict,
+                                             description="timm: overrides for create_model (img_size, patch_size, ...)")
+        project: bool = Field(True, description="timm: apply the model's linear head per token (CLIP's visual "
+                                                "projection); false: the normed tokens")
+
+    inputs = {
+        "images": In(IMAGES, "the teacher's view (EVA: the same crop as the student's)"),
+        "like": In(IMAGES, "the student's view, read only for the grid check (default: images)", optional=True),
+    }
+    outputs = {"target": Out(TOKENS, "teacher features per patch")}
+
+    def __init__(self, config: Config, ctx: BuildContext):
+        super().__init__(config, ctx)
+        if config.source.startswith("timm:"):
+            kwargs = dict(config.model_kwargs)
+            if config.weights:
+                kwargs["pretrained_cfg_overlay"] = dict(file=config.weights)
+            if not config.project:
+                kwargs["num_classes"] = 0
+            model = timm.create_model(config.source[len("timm:"):], pretrained=config.pretrained, **kwargs)
+            teacher: nn.Module = TimmPatchFeatures(model, config.project)
+        else:
+            if ctx.load_module is None:
+                raise ValueError("target.features needs a module loader (ctx.load_module) to load its source")
+            teacher = ctx.load_module(config.source)
+        self.teacher = teacher.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> "FeatureTarget":
+        super().train(mode)
+        self.teacher.eval()  # frozen: never in training mode
+        return self
+
+    def forward(self, images: torch.Tensor, like: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        lead = images.shape[:-3]
+        x = images.reshape(-1, *images.shape[-3:])
+        size = self.config.image_size
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
+        with torch.no_grad():
+            out = self.teacher(x)
+        feats = out["patches"] if isinstance(out, dict) else out
+        n = feats.shape[1]
+        check_grid(n, "teacher grid " + grid_text(x, getattr(self.teacher, "patch_size", None), n),
+                   images if like is None else like, self.config.patch_size)
+        return {"target": feats.reshape(*lead, n, feats.shape[-1])}

@@ -1,0 +1,5 @@
+import sys
+
+from graphssl.cli import main
+
+sys.exit(main())

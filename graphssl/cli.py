@@ -1,0 +1,136 @@
+"""graphssl's command line: run, check, components, graph."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from graphssl.errors import PipelineError
+
+EXIT_INVALID = 2
+
+
+def _print_problems(err: PipelineError) -> None:
+    print(err.format(), file=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from graphssl.runner import run
+
+    run_id = run(args.pipeline, args.overrides, tracking_uri=args.tracking_uri, experiment=args.experiment, run_name=args.run_name)
+    print(f"finished run {run_id}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from graphssl.runner import dry_run, prepare, resolve_device
+
+    prepared = prepare(args.pipeline, args.overrides)
+    for w in prepared.warnings:
+        print(w.format(prepared.source))
+    shapes = dry_run(prepared, resolve_device(prepared.cfg.device))
+    print(f"{prepared.source}: valid ({len(prepared.spec.nodes)} nodes); dry run on a tiny batch passed")
+    for name in prepared.spec.order:
+        node = prepared.spec.nodes[name]
+        what = f"call {node.call}" if node.call else node.type_name
+        outs = ", ".join(f"{p}: {s}" for p, s in shapes.get(name, {}).items())
+        print(f"  {name:<16} {what:<24} -> {outs}")
+    for name, node in prepared.spec.nodes.items():
+        if node.role != "step":
+            print(f"  {name:<16} {node.type_name:<24} ({node.role})")
+    return 0
+
+
+def cmd_components(args: argparse.Namespace) -> int:
+    from graphssl import registry
+
+    if not args.name:
+        for name in registry.names():
+            cls = registry.get(name)
+            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            print(f"{name:<28} {doc}")
+        return 0
+    cls = registry.get(args.name)
+    if cls is None:
+        from graphssl.errors import did_you_mean
+
+        print(f"unknown component {args.name!r}{did_you_mean(args.name, registry.names())}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"{args.name}  ({cls.__module__}.{cls.__qualname__}, role: {cls.role})")
+    print("  " + " ".join((cls.__doc__ or "").split()))
+    if cls.inputs:
+        print("inputs:")
+        for port, decl in cls.inputs.items():
+            opt = " (optional)" if decl.optional else ""
+            print(f"  {port:<14} {decl}{opt}: {decl.doc}")
+    if cls.outputs:
+        print("outputs:")
+        for port, out in cls.outputs.items():
+            print(f"  {port:<14} {out}: {out.doc}")
+    print("parameters:")
+    for field, info in cls.Config.model_fields.items():
+        default = "required" if info.is_required() else f"default {info.get_default(call_default_factory=True)!r}"
+        annotation = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
+        print(f"  {field:<14} {annotation} ({default}){': ' + info.description if info.description else ''}")
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from graphssl.picture import draw_graph
+    from graphssl.runner import prepare
+
+    prepared = prepare(args.pipeline, args.overrides)
+    out = draw_graph(prepared.spec, args.output, title=prepared.cfg.name)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="graphssl", description="Declarative experiment graphs for self-supervised vision pretraining.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def pipeline_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("pipeline", help="a pipeline YAML file")
+        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=50 data.batch_size=32")
+
+    p = sub.add_parser("run", help="train a pipeline, tracked in MLflow")
+    pipeline_args(p)
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment name (default: graphssl)")
+    p.add_argument("--run-name", help="name of the parent run (default: the pipeline's name)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="validate a pipeline and dry-run it on a tiny batch; trains nothing")
+    pipeline_args(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("components", help="list components, or show one's parameters and ports")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_components)
+
+    p = sub.add_parser("graph", help="draw a pipeline's graph")
+    pipeline_args(p)
+    p.add_argument("-o", "--output", default="graph.png", help="output picture (png, svg, pdf)")
+    p.set_defaults(func=cmd_graph)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PipelineError as err:
+        _print_problems(err)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug or a failing node: one clear line, the traceback on request
+        if os.environ.get("GRAPHSSL_DEBUG"):
+            raise
+        print(f"error: {err}\n(set GRAPHSSL_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

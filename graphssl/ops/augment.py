@@ -1,0 +1,256 @@
+"""Batched image augmentations as tensor ops on the images' device.
+
+Pure functions shared by ``augment.crop`` and ``augment.multicrop``. Images are
+``float[n,C,H,W]``; the colour ops expect pixels in [0, 1] (un-normalise
+first). Every random draw is made with ``torch`` on the images' device, so
+``torch.manual_seed`` makes them repeatable. The ops follow torchvision's
+tensor implementations (RandomResizedCrop.get_params, ColorJitter,
+RandomGrayscale, GaussianBlur, RandomSolarize).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------- crops
+
+
+def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float],
+                      ratio: tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """RandomResizedCrop's box sampling, batched: float[n, 4] = (top, left, h, w) in pixels.
+
+    As torchvision's ``RandomResizedCrop.get_params``: up to ``attempts`` draws of
+    area ~ U(scale) * H * W and aspect ratio log-uniform in ``ratio``; h and w are
+    rounded to whole pixels; the first draw that fits is used, at a uniformly
+    random integer offset. If none fits: the largest centred crop whose ratio is
+    clamped to ``ratio``.
+    """
+    area = height * width
+    target = area * torch.empty(n, attempts, device=device).uniform_(scale[0], scale[1])
+    log_r = torch.empty(n, attempts, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]))
+    aspect = log_r.exp()
+    w = torch.sqrt(target * aspect).round()
+    h = torch.sqrt(target / aspect).round()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.int().argmax(dim=1, keepdim=True)  # index of the first fitting draw (0 if none)
+    w = w.gather(1, first)[:, 0]
+    h = h.gather(1, first)[:, 0]
+    any_fit = fits.any(dim=1)
+    top = (torch.rand(n, device=device) * (height - h + 1)).floor()
+    left = (torch.rand(n, device=device) * (width - w + 1)).floor()
+    # Fallback: centre crop with the ratio clamped into range.
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        fw, fh = round(height * max(ratio)), height
+    else:
+        fw, fh = width, height
+    fb = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw], dtype=w.dtype, device=device)
+    boxes = torch.stack([top, left, h, w], dim=1)
+    return torch.where(any_fit[:, None], boxes, fb)
+
+
+def crop_theta(boxes: torch.Tensor, height: int, width: int, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """float[n,2,3] affine matrices for ``F.affine_grid(..., align_corners=False)``.
+
+    Maps the output grid onto the box (top, left, h, w) of an H x W image, so that
+    output pixel centres are spread over the box as a resize of the cropped
+    region would place them; ``flip`` (bool[n]) mirrors the crop horizontally.
+    """
+    top, left, h, w = boxes.unbind(-1)
+    sx, sy = w / width, h / height
+    cx = (left + w / 2) / width * 2 - 1
+    cy = (top + h / 2) / height * 2 - 1
+    if flip is not None:
+        sx = torch.where(flip, -sx, sx)
+    zero = torch.zeros_like(sx)
+    return torch.stack([torch.stack([sx, zero, cx], -1), torch.stack([zero, sy, cy], -1)], dim=-2)
+
+
+def resized_crops(images: torch.Tensor, n_views: int, size: int, scale: tuple[float, float],
+                  ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_prob: float = 0.5,
+                  mode: str = "bicubic") -> torch.Tensor:
+    """``n_views`` independent RandomResizedCrop + horizontal flip of every image.
+
+    float[B,C,H,W] -> float[n_views,B,C,size,size]. One ``grid_sample`` call for
+    all views: their sampling grids are stacked along the output height, so the
+    input is never copied per view. No antialiasing (as torchvision on tensors
+    with ``antialias=False``); bicubic may overshoot the input range slightly.
+    """
+    b, c, height, width = images.shape
+    n = n_views * b
+    boxes = sample_crop_boxes(n, height, width, scale, ratio, device=images.device)  # view-major: [V*B]
+    flip = torch.rand(n, device=images.device) < flip_prob
+    theta = crop_theta(boxes, height, width, flip).to(images.dtype)
+    grid = F.affine_grid(theta, [n, c, size, size], align_corners=False)  # [V*B,S,S,2]
+    grid = grid.view(n_views, b, size, size, 2).permute(1, 0, 2, 3, 4).reshape(b, n_views * size, size, 2)
+    out = F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=False)  # [B,C,V*S,S]
+    return out.view(b, c, n_views, size, size).permute(2, 0, 1, 3, 4).contiguous()
+
+
+# ----------------------------------------------------------------------------- colour (pixels in [0, 1])
+
+
+def _per_image(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+def rgb_to_grayscale(x: torch.Tensor) -> torch.Tensor:
+    """float[n,3,H,W] -> float[n,1,H,W]: 0.2989 R + 0.587 G + 0.114 B (ITU-R 601, as torchvision)."""
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.unbind(1)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+
+
+def _blend(a: torch.Tensor, b: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    return (ratio * a + (1 - ratio) * b).clamp(0, 1)
+
+
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """factor: float[n]; clamp(f * x)."""
+    return _blend(x, torch.zeros_like(x), _per_image(factor, x))
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend with the image's mean grey level."""
+    mean = rgb_to_grayscale(x).mean(dim=(-3, -2, -1), keepdim=True)
+    return _blend(x, mean, _per_image(factor, x))
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend with the grey image (identity on one-channel images)."""
+    if x.shape[1] == 1:
+        return x
+    return _blend(x, rgb_to_grayscale(x), _per_image(factor, x))
+
+
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(dim=1)
+    minc, _ = x.min(dim=1)
+    eqc = maxc == minc
+    cr = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = cr / torch.where(eqc, ones, maxc)
+    crd = torch.where(eqc, ones, cr)
+    rc, gc, bc = (maxc - r) / crd, (maxc - g) / crd, (maxc - b) / crd
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    return torch.stack([h, s, maxc], dim=1)
+
+
+def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    h, s, v = x.unbind(1)
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.long() % 6
+    p = (v * (1.0 - s)).clamp(0, 1)
+    q = (v * (1.0 - s * f)).clamp(0, 1)
+    t = (v * (1.0 - s * (1.0 - f))).clamp(0, 1)
+    table = torch.stack([torch.stack(c, 0) for c in ((v, q, p, p, t, v), (t, v, v, q, p, p), (p, p, t, v, v, q))], 1)
+    return table.gather(0, i[None, None].expand(1, 3, *i.shape))[0].movedim(0, 1)
+
+
+def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Shift the hue by ``factor`` (a fraction of the colour wheel, in [-0.5, 0.5])."""
+    if x.shape[1] == 1:
+        return x
+    hsv = rgb_to_hsv(x)
+    h = torch.fmod(hsv[:, 0] + _per_image(factor, hsv[:, 0]) + 1.0, 1.0)
+    return hsv_to_rgb(torch.stack([h, hsv[:, 1], hsv[:, 2]], dim=1))
+
+
+def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.2,
+                 hue: float = 0.1, prob: float = 0.8, random_order: bool = True) -> torch.Tensor:
+    """torchvision's ColorJitter applied to each image with probability ``prob``.
+
+    Factors per image: brightness, contrast, saturation ~ U[max(0, 1-v), 1+v],
+    hue ~ U[-v, v]. With ``random_order`` each image gets its own random order
+    of the four ops (as ColorJitter's per-call ``randperm(4)``); otherwise the
+    order is brightness, contrast, saturation, hue. Images not jittered, and
+    ops whose strength is 0, get neutral factors. Costs 16 op evaluations on the
+    whole batch with ``random_order`` (4 without): each op at each position is
+    applied through ``torch.where``, with no host synchronisation.
+    """
+    n, dev = x.shape[0], x.device
+    on = torch.rand(n, device=dev) < prob
+
+    def factor(v: float, centre: float) -> torch.Tensor:
+        lo = max(0.0, centre - v) if centre == 1.0 else -v
+        f = torch.empty(n, device=dev).uniform_(lo, centre + v)
+        return torch.where(on, f, torch.full_like(f, centre))
+
+    ops = [(adjust_brightness, factor(brightness, 1.0), brightness > 0),
+           (adjust_contrast, factor(contrast, 1.0), contrast > 0),
+           (adjust_saturation, factor(saturation, 1.0), saturation > 0),
+           (adjust_hue, factor(hue, 0.0), hue > 0)]
+    if not random_order:
+        for fn, f, active in ops:
+            if active:
+                x = fn(x, f)
+        return x
+    order = torch.rand(n, 4, device=dev).argsort(dim=1)  # a random permutation of the 4 ops per image
+    for position in range(4):
+        for k, (fn, f, active) in enumerate(ops):
+            if active:
+                x = torch.where(_per_image(order[:, position] == k, x).bool(), fn(x, f), x)
+    return x
+
+
+def random_grayscale(x: torch.Tensor, prob: float = 0.2) -> torch.Tensor:
+    """Each image becomes grey (kept at C channels) with probability ``prob``."""
+    if x.shape[1] == 1 or prob <= 0:
+        return x
+    pick = _per_image(torch.rand(x.shape[0], device=x.device) < prob, x).bool()
+    return torch.where(pick, rgb_to_grayscale(x).expand_as(x), x)
+
+
+# ----------------------------------------------------------------------------- blur, solarize
+
+
+def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """float[n] -> float[n, kernel_size]: normalised 1-D Gaussians exp(-x^2 / 2 sigma^2)."""
+    half = (kernel_size - 1) / 2
+    xs = torch.linspace(-half, half, kernel_size, device=sigma.device, dtype=sigma.dtype)
+    k = torch.exp(-(xs[None] ** 2) / (2 * sigma[:, None] ** 2))
+    return k / k.sum(dim=1, keepdim=True)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Separable Gaussian blur with one sigma per image, reflect padding (as torchvision's GaussianBlur).
+
+    float[n,C,H,W], sigma float[n]. ``kernel_size`` (odd) is shrunk to fit the image.
+    """
+    n, c, h, w = x.shape
+    kernel_size = min(kernel_size, 2 * (min(h, w) - 1) + 1)
+    pad = kernel_size // 2
+    k = gaussian_kernels(sigma.to(x.dtype), kernel_size).repeat_interleave(c, dim=0)  # [n*C, K]
+    y = x.reshape(1, n * c, h, w)
+    y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), k.view(n * c, 1, 1, kernel_size), groups=n * c)
+    y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), k.view(n * c, 1, kernel_size, 1), groups=n * c)
+    return y.view(n, c, h, w)
+
+
+def random_blur(x: torch.Tensor, prob: torch.Tensor, sigma: tuple[float, float], kernel_size: int) -> torch.Tensor:
+    """Blur each image with probability ``prob`` (float[n]), sigma ~ U[sigma]."""
+    n = x.shape[0]
+    s = torch.empty(n, device=x.device).uniform_(sigma[0], sigma[1])
+    pick = torch.rand(n, device=x.device) < prob
+    return torch.where(_per_image(pick, x).bool(), gaussian_blur(x, s, kernel_size), x)
+
+
+def solarize(x: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Invert pixels at or above ``threshold``: x >= t -> 1 - x (PIL ImageOps.solarize at 128/255)."""
+    return torch.where(x >= threshold, 1.0 - x, x)
+
+
+def random_solarize(x: torch.Tensor, prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    pick = torch.rand(x.shape[0], device=x.device) < prob
+    return torch.where(_per_image(pick, x).bool(), solarize(x, threshold), x)
