@@ -146,6 +146,8 @@ def build_graph(loaded: LoadedPipeline, nodes: dict[str, dict[str, Any]], object
         target = body["call"]
         base = specs.get(target) if isinstance(target, str) else None
         base = base or copies.get(str(target))
+        if base is None and str(target).split(".")[0] in nodes and str(target).split(".")[0] not in specs:
+            continue  # the called node is invalid: reported above
         if base is None:
             callable_names = [n for n, s in specs.items() if s.role == "step"] + list(copies)
             problems.append(P(f"{path}.call", f"cannot call {target!r}: no such node or module copy{did_you_mean(str(target), callable_names)}"))
@@ -190,6 +192,8 @@ def build_graph(loaded: LoadedPipeline, nodes: dict[str, dict[str, Any]], object
                     problems.append(P(path, f"expected a reference node.port (e.g. batch.images), got {raw!r}"))
                     continue
                 src, src_port = ref
+                if src != SOURCE and src not in specs and src in nodes:
+                    continue  # the node exists but is invalid: reported above
                 if src != SOURCE and src not in specs:
                     problems.append(P(path, f"unknown node {src!r}{did_you_mean(src, list(specs) + [SOURCE])}"))
                     continue
@@ -228,6 +232,8 @@ def build_graph(loaded: LoadedPipeline, nodes: dict[str, dict[str, Any]], object
                     continue
                 root = str(target).split(".")[0]
                 known = (target in specs and specs[target].call is None) or target in copies
+                if not known and str(target).split(".")[0] in nodes and str(target).split(".")[0] not in specs:
+                    continue  # invalid node: reported above
                 if not known:
                     choices = [n for n, s in specs.items() if s.call is None and n != name] + list(copies)
                     problems.append(P(f"nodes.{name}.{field_name}", f"unknown module {target!r}{did_you_mean(str(target), choices)}"))
@@ -254,6 +260,8 @@ def build_graph(loaded: LoadedPipeline, nodes: dict[str, dict[str, Any]], object
     for key, weight in objective.items():
         node, _, port = key.partition(".")
         path = f"objective.{key}"
+        if node in nodes and node not in specs:
+            continue  # invalid node: reported above
         if node not in specs:
             problems.append(P(path, f"unknown node {node!r}{did_you_mean(node, specs)}"))
             continue

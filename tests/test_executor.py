@@ -1,0 +1,106 @@
+"""The executor on a tiny graph of test-only components."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+from pydantic import Field
+
+from graphssl.component import Component, ComponentConfig, In, Out
+from graphssl.executor import Executor, NodeError
+from graphssl.ports import IMAGES, LOSS, VECTOR
+from graphssl.registry import register
+from graphssl.runner import build_modules, make_context, prepare
+
+
+@register("test.pool")
+class Pool(Component):
+    """images -> mean colour, times a learnable scale."""
+
+    class Config(ComponentConfig):
+        fail: bool = False
+
+    inputs = {"images": In(IMAGES, "images")}
+    outputs = {"vec": Out(VECTOR, "pooled")}
+
+    def __init__(self, config, ctx):
+        super().__init__(config, ctx)
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, images):
+        if self.config.fail:
+            raise RuntimeError("boom")
+        return {"vec": images.mean(dim=(-1, -2)) * self.scale}
+
+
+@register("test.square")
+class Square(Component):
+    """Mean square of one or more vectors."""
+
+    class Config(ComponentConfig):
+        offset: float = Field(0.0)
+
+    inputs = {"x": In(VECTOR, "vectors", many=True)}
+    outputs = {"loss": Out(LOSS, "mean square")}
+
+    def forward(self, x):
+        return {"loss": sum((v + self.config.offset).pow(2).mean() for v in x)}
+
+
+def write(tmp_path, nodes: str, objective: str = "{sq: 1.0}"):
+    path = tmp_path / "p.yaml"
+    body = textwrap.indent(textwrap.dedent(nodes), "  ")
+    path.write_text("name: tiny\ntrain: {steps: 2, lr: 0.1}\ndata: {image_size: 8}\n"
+                    f"nodes:\n{body}objective: {objective}\n")
+    return path
+
+
+def test_shared_module_called_twice_and_losses_weighted(tmp_path):
+    path = write(tmp_path, """\
+        a:  {type: test.pool, images: batch.images}
+        a2: {call: a, images: batch.images}
+        sq: {type: test.square, x: [a.vec, a2.vec]}
+        sq2: {type: test.square, x: [a.vec], offset: 1.0}
+        """, "{sq: 1.0, sq2: 0.5}")
+    prepared = prepare(path)
+    assert prepared.spec.order.index("a") < prepared.spec.order.index("sq")
+    modules = build_modules(prepared, make_context(prepared, None, torch.device("cpu")))
+    assert set(modules) == {"a", "sq", "sq2"}  # the call node owns no module
+    ex = Executor(prepared.spec, modules)
+    images = torch.randn(3, 3, 8, 8)
+    losses = ex({"images": images})
+    v = images.mean(dim=(-1, -2))
+    assert torch.allclose(losses[("sq", "loss")], 2 * v.pow(2).mean())
+    assert torch.allclose(losses[("sq2", "loss")], (v + 1).pow(2).mean())
+    total = ex.total_loss(losses)
+    assert torch.allclose(total, 2 * v.pow(2).mean() + 0.5 * (v + 1).pow(2).mean())
+    total.backward()
+    assert modules["a"].scale.grad is not None
+    assert ex.node_calls == {"a": 1, "a2": 1, "sq": 1, "sq2": 1}
+
+
+def test_failure_names_node_component_and_shapes(tmp_path):
+    path = write(tmp_path, """\
+        a:  {type: test.pool, images: batch.images, fail: true}
+        sq: {type: test.square, x: [a.vec]}
+        """)
+    prepared = prepare(path)
+    ex = Executor(prepared.spec, build_modules(prepared, make_context(prepared, None, torch.device("cpu"))))
+    with pytest.raises(NodeError) as info:
+        ex({"images": torch.zeros(2, 3, 8, 8)})
+    message = str(info.value)
+    assert "'a'" in message and "test.pool" in message and "boom" in message
+    assert "images=float32[2, 3, 8, 8]" in message
+
+
+def test_intermediate_values_are_released(tmp_path):
+    path = write(tmp_path, """\
+        a:  {type: test.pool, images: batch.images}
+        sq: {type: test.square, x: [a.vec]}
+        """)
+    prepared = prepare(path)
+    ex = Executor(prepared.spec, build_modules(prepared, make_context(prepared, None, torch.device("cpu"))))
+    released = {ref for planned in ex.plan for ref in planned.release}
+    assert ("a", "vec") in released and ("batch", "images") in released
+    assert ("sq", "loss") not in released  # the objective keeps its losses
