@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from graphssl.errors import PipelineError
 
@@ -17,27 +18,37 @@ def _print_problems(err: PipelineError) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from graphssl.runner import run
 
-    run_id = run(args.pipeline, args.overrides, tracking_uri=args.tracking_uri, experiment=args.experiment, run_name=args.run_name)
+    run_id = run(args.pipeline, args.overrides, tracking_uri=args.tracking_uri, experiment=args.experiment,
+                 run_name=args.run_name, force=args.force)
     print(f"finished run {run_id}")
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from graphssl.runner import dry_run, prepare, resolve_device
+    from graphssl.runner import check_plan, resolve_device
+    from graphssl.stages import plan_pipeline
 
-    prepared = prepare(args.pipeline, args.overrides)
-    for w in prepared.warnings:
-        print(w.format(prepared.source))
-    shapes = dry_run(prepared, resolve_device(prepared.cfg.device))
-    print(f"{prepared.source}: valid ({len(prepared.spec.nodes)} nodes); dry run on a tiny batch passed")
-    for name in prepared.spec.order:
-        node = prepared.spec.nodes[name]
-        what = f"call {node.call}" if node.call else node.type_name
-        outs = ", ".join(f"{p}: {s}" for p, s in shapes.get(name, {}).items())
-        print(f"  {name:<16} {what:<24} -> {outs}")
-    for name, node in prepared.spec.nodes.items():
-        if node.role != "step":
-            print(f"  {name:<16} {node.type_name:<24} ({node.role})")
+    plan = plan_pipeline(args.pipeline, args.overrides)
+    first = next(iter(plan.stages.values())).prepared
+    for stage in plan.stages.values():
+        for w in stage.prepared.warnings:
+            print(w.format(plan.source))
+    shapes = check_plan(plan, resolve_device(first.cfg.device))
+    n = sum(len(s.prepared.spec.nodes) for s in plan.stages.values())
+    print(f"{plan.source}: valid ({n} nodes{f', {len(plan.stages)} stages' if plan.staged else ''}); dry run on a tiny batch passed")
+    for stage_name, stage in plan.stages.items():
+        if plan.staged:
+            needs = f" (needs {', '.join(stage.needs)})" if stage.needs else ""
+            print(f"stage {stage_name}{needs}:")
+        spec = stage.prepared.spec
+        for name in spec.order:
+            node = spec.nodes[name]
+            what = f"call {node.call}" if node.call else node.type_name
+            outs = ", ".join(f"{p}: {s}" for p, s in shapes[stage_name].get(name, {}).items())
+            print(f"  {name:<16} {what:<24} -> {outs}")
+        for name, node in spec.nodes.items():
+            if node.role != "step":
+                print(f"  {name:<16} {node.type_name:<24} ({node.role})")
     return 0
 
 
@@ -77,11 +88,14 @@ def cmd_components(args: argparse.Namespace) -> int:
 
 def cmd_graph(args: argparse.Namespace) -> int:
     from graphssl.picture import draw_graph
-    from graphssl.runner import prepare
+    from graphssl.stages import plan_pipeline
 
-    prepared = prepare(args.pipeline, args.overrides)
-    out = draw_graph(prepared.spec, args.output, title=prepared.cfg.name)
-    print(f"wrote {out}")
+    plan = plan_pipeline(args.pipeline, args.overrides)
+    output = Path(args.output)
+    for name, stage in plan.stages.items():
+        out = output if len(plan.stages) == 1 else output.with_name(f"{output.stem}.{name}{output.suffix}")
+        draw_graph(stage.prepared.spec, out, title=stage.prepared.cfg.name)
+        print(f"wrote {out}")
     return 0
 
 
@@ -98,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment name (default: graphssl)")
     p.add_argument("--run-name", help="name of the parent run (default: the pipeline's name)")
+    p.add_argument("--force", action="store_true", help="retrain every stage, even unchanged ones")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="validate a pipeline and dry-run it on a tiny batch; trains nothing")

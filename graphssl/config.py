@@ -69,6 +69,32 @@ class PipelineConfig(Strict):
     objective: dict[str, float] = Field(description="loss node -> weight; the training loss is the weighted sum")
 
 
+class StageConfig(Strict):
+    """One stage of a multi-stage pipeline; data/train/eval are merged over the pipeline's."""
+
+    description: str = ""
+    needs: list[str] = Field(default_factory=list, description="stages whose trained modules this stage loads")
+    data: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    eval: dict[str, Any] = Field(default_factory=dict)
+    nodes: dict[str, dict[str, Any]]
+    objective: dict[str, float]
+
+
+class StagedPipelineConfig(Strict):
+    """A pipeline of stages that form a DAG (BEiT: tokenizer, then BEiT; EVA: teacher, then student)."""
+
+    name: str
+    description: str = ""
+    seed: int = 0
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    vars: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    eval: dict[str, Any] = Field(default_factory=dict)
+    stages: dict[str, StageConfig]
+
+
 SECTION_MODELS: dict[str, type[BaseModel]] = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
 
 
@@ -122,19 +148,36 @@ def _override_known(raw: dict[str, Any], key: str) -> tuple[bool, list[str]]:
             return part in fields and len(parts) == 2, fields
         if parts[0] in ("nodes", "vars") and i >= 2:
             return True, []  # a node parameter: the component's schema decides
+        if parts[0] == "stages" and len(parts) > 3 and parts[2] in SECTION_MODELS and i == 3:
+            fields = list(SECTION_MODELS[parts[2]].model_fields)
+            return part in fields and len(parts) == 4, fields
+        if parts[0] == "stages" and len(parts) > 3 and parts[2] == "nodes" and i >= 4:
+            return True, []
+        if parts[0] in SECTION_MODELS and i == 1 and "stages" in raw:
+            fields = list(SECTION_MODELS[parts[0]].model_fields)
+            return part in fields and len(parts) == 2, fields
         return False, list(node) if isinstance(node, dict) else []
     return True, []
 
 
 class LoadedPipeline:
-    """A pipeline file after YAML parsing, overrides and interpolation."""
+    """A pipeline file after YAML parsing, overrides and interpolation.
 
-    def __init__(self, path: str, raw: dict[str, Any], lines: dict[str, int]):
+    For one stage of a staged pipeline, ``prefix`` is "stages.NAME." and
+    problems are reported at the stage's path when the key is the stage's own.
+    """
+
+    def __init__(self, path: str, raw: dict[str, Any], lines: dict[str, int], prefix: str = "",
+                 overrides: list[str] = ()):
         self.path = path
         self.raw = raw
         self.lines = lines
+        self.prefix = prefix
+        self.overrides = list(overrides)
 
     def problem(self, path: str, message: str, warning: bool = False) -> Problem:
+        if self.prefix and (path.startswith(("nodes", "objective")) or f"{self.prefix}{path}" in self.lines or not path):
+            path = f"{self.prefix}{path}".rstrip(".")
         return Problem(path, message, line_of(self.lines, path), warning)
 
 
@@ -181,7 +224,7 @@ def load_yaml(path: str | Path, overrides: list[str] = ()) -> LoadedPipeline:
         key = getattr(e, "full_key", "") or ""
         msg = str(e).splitlines()[0]
         raise PipelineError([Problem(str(key), f"cannot resolve: {msg}", line_of(lines, str(key)))], source) from None
-    return LoadedPipeline(source, resolved, lines)
+    return LoadedPipeline(source, resolved, lines, overrides=dotlist)
 
 
 def validate_sections(loaded: LoadedPipeline) -> tuple[PipelineConfig | None, list[Problem]]:

@@ -1,14 +1,13 @@
 """From a pipeline file to a finished, tracked run.
 
-prepare(): parse, override, validate every section and the graph (no tensors);
-build():   construct the modules in dependency order;
-dry_run(): run the graph forward and backward on a tiny real batch;
-run():     all of the above, then train with MLflow tracking.
+prepare_loaded(): validate every section and the graph (no tensors);
+build_modules():  construct the modules in dependency order;
+dry_run():        run the graph forward and backward on a tiny real batch;
+run():            all of the above for every stage, then train with MLflow tracking.
 An invalid pipeline raises PipelineError before any MLflow run exists.
 """
 from __future__ import annotations
 
-import copy
 import random
 import tempfile
 from dataclasses import dataclass, field
@@ -22,10 +21,11 @@ from graphssl.component import BuildContext
 from graphssl.config import LoadedPipeline, PipelineConfig, load_yaml, validate_sections
 from graphssl.data import Data, DatasetMissing
 from graphssl.errors import PipelineError, Problem
-from graphssl.executor import Executor, NodeError, describe
+from graphssl.executor import Executor, NodeError
 from graphssl.graph import GraphSpec, build_graph
 from graphssl.hooks import ConsoleHook, TrackingHook
 from graphssl.optim import build_optimizer
+from graphssl.stages import ModuleLoader, Plan, Stage, plan_pipeline, save_modules
 from graphssl.tracking import Tracker, flatten
 from graphssl.train import Trainer
 
@@ -42,9 +42,8 @@ class Prepared:
         return self.loaded.path
 
 
-def prepare(path: str | Path, overrides: list[str] = ()) -> Prepared:
-    """Validate everything that can be checked without tensors; raise every problem at once."""
-    loaded = load_yaml(path, list(overrides))
+def prepare_loaded(loaded: LoadedPipeline) -> Prepared:
+    """Validate a single-stage pipeline body; raise every problem at once."""
     cfg, problems = validate_sections(loaded)
     nodes = loaded.raw.get("nodes")
     objective = loaded.raw.get("objective")
@@ -52,10 +51,15 @@ def prepare(path: str | Path, overrides: list[str] = ()) -> Prepared:
     if isinstance(nodes, dict):
         spec, graph_problems = build_graph(loaded, nodes, objective if isinstance(objective, dict) else {})
         # node bodies are validated per component, not by the section schema
-        problems = [p for p in problems if not p.path.startswith("nodes.")] + graph_problems
+        problems = [p for p in problems if not p.path.startswith((f"{loaded.prefix}nodes.", "nodes."))] + graph_problems
     if problems or cfg is None or spec is None:
         raise PipelineError(problems, loaded.path)
     return Prepared(loaded, cfg, spec, spec.warnings)
+
+
+def prepare(path: str | Path, overrides: list[str] = ()) -> Prepared:
+    """Validate a single-stage pipeline file (see stages.plan_pipeline for any pipeline)."""
+    return prepare_loaded(load_yaml(path, list(overrides)))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,27 +75,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def make_context(prepared: Prepared, data: Data | None, device: torch.device, loader=None) -> BuildContext:
+    cfg = prepared.cfg
+    return BuildContext(image_size=cfg.data.image_size, channels=cfg.data.channels, total_steps=cfg.train.steps,
+                        steps_per_epoch=data.steps_per_epoch if data else 1, device=device, data=data,
+                        load_module=loader or ModuleLoader(None, None, {}, device))
+
+
 def build_modules(prepared: Prepared, ctx: BuildContext) -> dict[str, nn.Module]:
     """Construct every module-owning node in dependency order."""
-    problems = []
     for name in prepared.spec.build_order:
         node = prepared.spec.nodes[name]
         try:
             ctx.modules[name] = node.cls(node.config, ctx).to(ctx.device)
         except PipelineError:
             raise
-        except Exception as e:
-            problems.append(prepared.loaded.problem(f"nodes.{name}", f"cannot build {node.type_name}: {e}"))
-            break  # later nodes may depend on this one
-    if problems:
-        raise PipelineError(problems, prepared.source)
+        except Exception as e:  # later nodes may depend on this one: stop here
+            raise PipelineError([prepared.loaded.problem(f"nodes.{name}", f"cannot build {node.type_name}: {e}")],
+                                prepared.source) from None
     return dict(ctx.modules)
-
-
-def make_context(prepared: Prepared, data: Data | None, device: torch.device) -> BuildContext:
-    cfg = prepared.cfg
-    return BuildContext(image_size=cfg.data.image_size, channels=cfg.data.channels, total_steps=cfg.train.steps,
-                        steps_per_epoch=data.steps_per_epoch if data else 1, device=device, data=data)
 
 
 def load_data(prepared: Prepared, device: torch.device, limit: int | None = None) -> Data:
@@ -103,12 +105,11 @@ def load_data(prepared: Prepared, device: torch.device, limit: int | None = None
         raise PipelineError([prepared.loaded.problem("data", str(e))], prepared.source) from None
 
 
-def dry_run(prepared: Prepared, device: torch.device, batch_size: int = 4) -> dict[str, dict[str, str]]:
-    """Build on a copy and run one forward/backward on ``batch_size`` real images; returns output shapes."""
+def dry_run(prepared: Prepared, device: torch.device, loader=None, batch_size: int = 4) -> dict[str, dict[str, str]]:
+    """Build fresh modules and run one forward/backward on ``batch_size`` real images; returns output shapes."""
     seed_everything(prepared.cfg.seed)
     data = load_data(prepared, device, limit=batch_size)
-    modules = build_modules(prepared, make_context(prepared, data, device))
-    executor = Executor(prepared.spec, modules)
+    executor = Executor(prepared.spec, build_modules(prepared, make_context(prepared, data, device, loader)))
     executor.trace = {}
     try:
         executor.train()
@@ -116,86 +117,126 @@ def dry_run(prepared: Prepared, device: torch.device, batch_size: int = 4) -> di
         executor.total_loss(losses).backward()
     except NodeError as e:
         raise PipelineError([prepared.loaded.problem(f"nodes.{e.node}", f"dry run: {e}")], prepared.source) from None
-    shapes = executor.trace
-    return shapes
+    return executor.trace
 
 
-def save_modules(modules: dict[str, nn.Module], prepared: Prepared, path: Path) -> None:
-    """Every node's type, config and weights (owners' copies too, as OWNER.NODE)."""
-    entries = {}
-    for name, module in modules.items():
-        node = prepared.spec.nodes[name]
-        entries[name] = {"type": node.type_name, "config": node.config.model_dump(mode="json"), "state_dict": module.state_dict()}
-        if node.role == "owner":
-            for target in getattr(node.cls, "provides")(node.config):
-                base = prepared.spec.nodes[target]
-                entries[f"{name}.{target}"] = {"type": base.type_name, "config": base.config.model_dump(mode="json"),
-                                               "state_dict": module.copy_of(target).state_dict()}
-    tmp = path.with_suffix(".tmp")
-    torch.save({"nodes": entries, "pipeline": prepared.cfg.name}, tmp)
-    tmp.replace(path)
+def check_plan(plan: Plan, device: torch.device) -> dict[str, dict[str, dict[str, str]]]:
+    """Dry-run every stage in order (later stages load untrained modules of earlier ones)."""
+    return {name: dry_run(stage.prepared, device, ModuleLoader(plan, name, {}, device)) for name, stage in plan.stages.items()}
 
 
-def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = None, experiment: str | None = None,
-        run_name: str | None = None, log=print) -> str:
-    """Train a pipeline; returns the MLflow parent run id."""
-    prepared = prepare(path, overrides)
+def find_reusable(tracker: Tracker, stage: Stage) -> str | None:
+    """A finished run of a stage with the same fingerprint, if the store has one."""
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id], filter_string=f"tags.`graphssl.fingerprint` = '{stage.fingerprint}' and attributes.status = 'FINISHED'",
+        max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
+
+
+def train_stage(stage: Stage, plan: Plan, tracker: Tracker, run_id: str, artifacts: dict[str, Path], workdir: Path,
+                device: torch.device, log=print) -> tuple[Path, dict[str, float]]:
+    """Train one stage under the MLflow run ``run_id``; returns its checkpoint and final evaluation."""
+    prepared = stage.prepared
     cfg = prepared.cfg
-    device = resolve_device(cfg.device)
-    for w in prepared.warnings:
-        log(w.format(prepared.source))
-    dry_run(prepared, device)
-
     seed_everything(cfg.seed)
     data = load_data(prepared, device)
-    modules = build_modules(prepared, make_context(prepared, data, device))
+    modules = build_modules(prepared, make_context(prepared, data, device, ModuleLoader(plan, stage.name, artifacts, device)))
     executor = Executor(prepared.spec, modules)
-    optimizer = build_optimizer({n: m for n, m in modules.items()}, cfg.train, device)
+    optimizer = build_optimizer(modules, cfg.train, device)
 
-    tracker = Tracker(tracking_uri, experiment or "graphssl")
-    types = sorted({n.type_name for n in prepared.spec.nodes.values()})
-    parent = tracker.create_run(run_name or cfg.name, {"graphssl.pipeline": cfg.name, "graphssl.components": ",".join(types),
-                                                       **{f"graphssl.uses.{t}": "true" for t in types}})
     node_runs = {}
     for name, node in prepared.spec.nodes.items():
         node_runs[name] = tracker.create_run(name, {"graphssl.node": name, "graphssl.component": node.type_name,
-                                                    **({"graphssl.call": node.call} if node.call else {})}, parent=parent)
+                                                    **({"graphssl.call": node.call} if node.call else {})}, parent=run_id)
         if node.config is not None:
             tracker.log_params(node_runs[name], flatten(node.config.model_dump(mode="json")))
-    tracker.log_params(parent, flatten({k: v for k, v in prepared.loaded.raw.items() if k != "nodes"}) |
-                       flatten({"nodes": prepared.loaded.raw["nodes"]}))
+    tracker.log_params(run_id, flatten({k: v for k, v in prepared.loaded.raw.items()}))
     with tempfile.TemporaryDirectory() as tmp:
         resolved = Path(tmp) / "pipeline.yaml"
         resolved.write_text(yaml.safe_dump(prepared.loaded.raw, sort_keys=False))
-        tracker.log_artifact(parent, resolved)
-        try:
-            from graphssl.picture import draw_graph
+        tracker.log_artifact(run_id, resolved)
+        from graphssl.picture import draw_graph
 
-            picture = Path(tmp) / "graph.png"
-            draw_graph(prepared.spec, picture, title=cfg.name)
-            tracker.log_artifact(parent, picture)
-        except ImportError:
-            pass
-    log(f"run {parent} ({cfg.name}) -> {tracker.uri}")
+        draw_graph(prepared.spec, Path(tmp) / "graph.png", title=cfg.name)
+        tracker.log_artifact(run_id, Path(tmp) / "graph.png")
 
-    hooks = [TrackingHook(tracker, parent, node_runs, cfg.train.log_every), ConsoleHook(cfg.train.steps, cfg.train.log_every)]
+    hooks = [TrackingHook(tracker, run_id, node_runs, cfg.train.log_every), ConsoleHook(cfg.train.steps, cfg.train.log_every)]
     trainer = Trainer(cfg, executor, optimizer, data, hooks)
     status = "FAILED"
+    final: dict[str, float] = {}
     try:
-        trainer.evaluate(0, suffix="_init")
+        for metrics in trainer.evaluate(0, suffix="_init").values():
+            final.update(metrics)
         trainer.fit()
-        trainer.evaluate(cfg.train.steps - 1)
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = Path(tmp) / "modules.pt"
-            save_modules(modules, prepared, ckpt)
-            tracker.log_artifact(parent, ckpt, "model")
+        for metrics in trainer.evaluate(cfg.train.steps - 1).values():
+            final.update(metrics)
+        ckpt = workdir / f"{stage.name}.modules.pt"
+        save_modules(modules, prepared, ckpt)
+        tracker.log_artifact(run_id, ckpt, "model")
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
         tracker.flush()
-        for run_id in node_runs.values():
-            tracker.end_run(run_id, status)
+        for node_run in node_runs.values():
+            tracker.end_run(node_run, status)
+    return ckpt, final
+
+
+def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = None, experiment: str | None = None,
+        run_name: str | None = None, force: bool = False, log=print) -> str:
+    """Train every stage of a pipeline (reusing unchanged ones); returns the MLflow parent run id."""
+    plan = plan_pipeline(path, overrides)
+    first = next(iter(plan.stages.values())).prepared
+    device = resolve_device(first.cfg.device)
+    for stage in plan.stages.values():
+        for w in stage.prepared.warnings:
+            log(w.format(plan.source))
+    check_plan(plan, device)
+
+    tracker = Tracker(tracking_uri, experiment or "graphssl")
+    types = sorted({n.type_name for s in plan.stages.values() for n in s.prepared.spec.nodes.values()})
+    tags = {"graphssl.pipeline": plan.name, "graphssl.components": ",".join(types), **{f"graphssl.uses.{t}": "true" for t in types}}
+    if not plan.staged:
+        tags["graphssl.fingerprint"] = first and next(iter(plan.stages.values())).fingerprint
+    parent = tracker.create_run(run_name or plan.name, tags)
+    log(f"run {parent} ({plan.name}) -> {tracker.uri}")
+    status = "FAILED"
+    artifacts: dict[str, Path] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            final: dict[str, float] = {}
+            for name, stage in plan.stages.items():
+                if not plan.staged:
+                    artifacts[name], final = train_stage(stage, plan, tracker, parent, artifacts, Path(tmp), device, log)
+                    continue
+                reusable = None if force else find_reusable(tracker, stage)
+                if reusable:
+                    artifacts[name] = Path(tracker.client.download_artifacts(reusable, f"model/{name}.modules.pt", tmp))
+                    log(f"stage {name}: unchanged config and inputs, reusing run {reusable} (use --force to retrain)")
+                    stage_run = tracker.create_run(f"{name} (reused)", {"graphssl.stage": name, "graphssl.reused_from": reusable},
+                                                   parent=parent)
+                    tracker.set_tags(parent, {f"graphssl.stage.{name}.run": reusable})
+                    tracker.end_run(stage_run)
+                    continue
+                log(f"stage {name}: training ({stage.prepared.cfg.train.steps} steps)")
+                stage_run = tracker.create_run(name, {"graphssl.stage": name, "graphssl.fingerprint": stage.fingerprint,
+                                                      "graphssl.pipeline": plan.name}, parent=parent)
+                stage_status = "FAILED"
+                try:
+                    artifacts[name], final = train_stage(stage, plan, tracker, stage_run, artifacts, Path(tmp), device, log)
+                    stage_status = "FINISHED"
+                finally:
+                    tracker.end_run(stage_run, stage_status)
+                tracker.set_tags(parent, {f"graphssl.stage.{name}.run": stage_run})
+            for key, value in final.items():  # the last stage's evaluation is the pipeline's
+                tracker.metric(parent, key, value, 0)
+            tracker.flush()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
         tracker.end_run(parent, status)
     return parent

@@ -174,10 +174,10 @@ def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4
     Factors per image: brightness, contrast, saturation ~ U[max(0, 1-v), 1+v],
     hue ~ U[-v, v]. With ``random_order`` each image gets its own random order
     of the four ops (as ColorJitter's per-call ``randperm(4)``); otherwise the
-    order is brightness, contrast, saturation, hue. Images not jittered, and
-    ops whose strength is 0, get neutral factors. Costs 16 op evaluations on the
-    whole batch with ``random_order`` (4 without): each op at each position is
-    applied through ``torch.where``, with no host synchronisation.
+    order is brightness, contrast, saturation, hue. Images not jittered get
+    neutral factors; ops whose strength is 0 are skipped. With ``random_order``
+    the cheap ops are evaluated on the whole batch at each position they may
+    take and kept through ``torch.where`` (no host synchronisation); hue once.
     """
     n, dev = x.shape[0], x.device
     on = torch.rand(n, device=dev) < prob
@@ -196,11 +196,21 @@ def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4
             if active:
                 x = fn(x, f)
         return x
-    order = torch.rand(n, 4, device=dev).argsort(dim=1)  # a random permutation of the 4 ops per image
-    for position in range(4):
-        for k, (fn, f, active) in enumerate(ops):
-            if active:
-                x = torch.where(_per_image(order[:, position] == k, x).bool(), fn(x, f), x)
+    # A random permutation of the 4 ops per image. Hue (the costly op) is applied
+    # once to every image: the cheap ops placed before it run first, masked per
+    # image and position, then hue, then the cheap ops placed after it.
+    order = torch.rand(n, 4, device=dev).argsort(dim=1)  # order[:, k]: the op at position k
+    hue_pos = order.argsort(dim=1)[:, 3]
+    cheap, (hue_fn, hue_f, hue_on) = ops[:3], ops[3]
+    for stage, positions in (("before", range(0, 3)), ("after", range(1, 4))):
+        for position in positions:
+            side = position < hue_pos if stage == "before" else position > hue_pos
+            for k, (fn, f, active) in enumerate(cheap):
+                if active:
+                    pick = _per_image((order[:, position] == k) & side, x).bool()
+                    x = torch.where(pick, fn(x, f), x)
+        if stage == "before" and hue_on:
+            x = hue_fn(x, hue_f)
     return x
 
 
