@@ -80,4 +80,5 @@ class ConsoleHook:
 
     def on_eval(self, trainer, step: int, results: dict[str, dict[str, float]]) -> None:
         shown = ", ".join(f"{k}={v:.4f}" for metrics in results.values() for k, v in metrics.items())
-        print(f"eval at step {step + 1}: {shown}", file=self.stream, flush=True)
+        initial = all(k.endswith("_init") for metrics in results.values() for k in metrics)
+        print(f"eval {'before training' if initial else f'after step {step + 1}'}: {shown}", file=self.stream, flush=True)

@@ -133,6 +133,14 @@ def find_reusable(tracker: Tracker, stage: Stage) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def evaluation_metrics(tracker: Tracker, run_id: str, stage: Stage) -> dict[str, float]:
+    """The final evaluation a finished stage run logged (for a reused stage)."""
+    logged = tracker.client.get_run(run_id).data.metrics
+    names = {node.config.metric + suffix for node in stage.prepared.spec.nodes.values()
+             if node.role == "evaluator" for suffix in ("", "_init")}
+    return {k: v for k, v in logged.items() if k in names}
+
+
 def train_stage(stage: Stage, plan: Plan, tracker: Tracker, run_id: str, artifacts: dict[str, Path], workdir: Path,
                 device: torch.device, log=print) -> tuple[Path, dict[str, float]]:
     """Train one stage under the MLflow run ``run_id``; returns its checkpoint and final evaluation."""
@@ -219,6 +227,7 @@ def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = 
                                                    parent=parent)
                     tracker.set_tags(parent, {f"graphssl.stage.{name}.run": reusable})
                     tracker.end_run(stage_run)
+                    final = evaluation_metrics(tracker, reusable, stage)
                     continue
                 log(f"stage {name}: training ({stage.prepared.cfg.train.steps} steps)")
                 stage_run = tracker.create_run(name, {"graphssl.stage": name, "graphssl.fingerprint": stage.fingerprint,

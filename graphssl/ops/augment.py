@@ -175,9 +175,7 @@ def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4
     hue ~ U[-v, v]. With ``random_order`` each image gets its own random order
     of the four ops (as ColorJitter's per-call ``randperm(4)``); otherwise the
     order is brightness, contrast, saturation, hue. Images not jittered get
-    neutral factors; ops whose strength is 0 are skipped. With ``random_order``
-    the cheap ops are evaluated on the whole batch at each position they may
-    take and kept through ``torch.where`` (no host synchronisation); hue once.
+    neutral factors; ops whose strength is 0 are skipped. See :func:`jitter_in_order`.
     """
     n, dev = x.shape[0], x.device
     on = torch.rand(n, device=dev) < prob
@@ -187,30 +185,41 @@ def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4
         f = torch.empty(n, device=dev).uniform_(lo, centre + v)
         return torch.where(on, f, torch.full_like(f, centre))
 
-    ops = [(adjust_brightness, factor(brightness, 1.0), brightness > 0),
-           (adjust_contrast, factor(contrast, 1.0), contrast > 0),
-           (adjust_saturation, factor(saturation, 1.0), saturation > 0),
-           (adjust_hue, factor(hue, 0.0), hue > 0)]
-    if not random_order:
-        for fn, f, active in ops:
-            if active:
-                x = fn(x, f)
+    factors = torch.stack([factor(brightness, 1.0), factor(contrast, 1.0), factor(saturation, 1.0),
+                           factor(hue, 0.0)], dim=1)
+    active = (brightness > 0, contrast > 0, saturation > 0, hue > 0)
+    order = torch.rand(n, 4, device=dev).argsort(dim=1) if random_order else None
+    return jitter_in_order(x, factors, order, active)
+
+
+JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+
+
+def jitter_in_order(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor | None = None,
+                    active: tuple[bool, ...] = (True, True, True, True)) -> torch.Tensor:
+    """Apply brightness, contrast, saturation, hue with ``factors`` float[n,4], image i in
+    the order ``order[i]`` (long[n,4]: the op index at each position; None = 0, 1, 2, 3).
+
+    Hue (the costly op) runs once on every image: the cheap ops placed before it
+    run first, each at each position where it may be and kept per image through
+    ``torch.where`` (no host synchronisation), then hue, then the cheap ops
+    placed after it. Ops flagged inactive are skipped.
+    """
+    if order is None:
+        for k, fn in enumerate(JITTER_OPS):
+            if active[k]:
+                x = fn(x, factors[:, k])
         return x
-    # A random permutation of the 4 ops per image. Hue (the costly op) is applied
-    # once to every image: the cheap ops placed before it run first, masked per
-    # image and position, then hue, then the cheap ops placed after it.
-    order = torch.rand(n, 4, device=dev).argsort(dim=1)  # order[:, k]: the op at position k
     hue_pos = order.argsort(dim=1)[:, 3]
-    cheap, (hue_fn, hue_f, hue_on) = ops[:3], ops[3]
     for stage, positions in (("before", range(0, 3)), ("after", range(1, 4))):
         for position in positions:
             side = position < hue_pos if stage == "before" else position > hue_pos
-            for k, (fn, f, active) in enumerate(cheap):
-                if active:
+            for k, fn in enumerate(JITTER_OPS[:3]):
+                if active[k]:
                     pick = _per_image((order[:, position] == k) & side, x).bool()
-                    x = torch.where(pick, fn(x, f), x)
-        if stage == "before" and hue_on:
-            x = hue_fn(x, hue_f)
+                    x = torch.where(pick, fn(x, factors[:, k]), x)
+        if stage == "before" and active[3]:
+            x = adjust_hue(x, factors[:, 3])
     return x
 
 

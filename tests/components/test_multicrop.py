@@ -152,3 +152,23 @@ def test_config_errors():
         cls.Config(blur_kernel_size=8)
     with pytest.raises(Exception):
         cls.Config(local_scale=(0.4, 0.05))
+
+
+def test_jitter_in_order_matches_per_image_loop():
+    from graphssl.ops.augment import JITTER_OPS, jitter_in_order
+    torch.manual_seed(5)
+    n = 24
+    x = torch.rand(n, 3, 6, 6)
+    factors = torch.stack([torch.empty(n).uniform_(0.6, 1.4), torch.empty(n).uniform_(0.6, 1.4),
+                           torch.empty(n).uniform_(0.8, 1.2), torch.empty(n).uniform_(-0.1, 0.1)], 1)
+    import itertools
+    order = torch.tensor(list(itertools.permutations(range(4))))  # all 24 orders, one per image
+    out = jitter_in_order(x, factors, order)
+    for i in range(n):
+        y = x[i:i + 1]
+        for k in order[i].tolist():
+            y = JITTER_OPS[k](y, factors[i:i + 1, k])
+        assert torch.allclose(out[i:i + 1], y, atol=1e-5), order[i]
+    # orders matter: brightness then contrast differs from contrast then brightness after clamping
+    assert not torch.allclose(jitter_in_order(x, factors, order[:1].expand(n, 4)),
+                              jitter_in_order(x, factors, order[-1:].expand(n, 4)), atol=1e-3)
