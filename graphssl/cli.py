@@ -19,7 +19,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from graphssl.runner import run
 
     run_id = run(args.pipeline, args.overrides, tracking_uri=args.tracking_uri, experiment=args.experiment,
-                 run_name=args.run_name, force=args.force)
+                 run_name=args.run_name, force=args.force, resume=args.resume)
     print(f"finished run {run_id}")
     return 0
 
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", help="MLflow experiment name (default: graphssl)")
     p.add_argument("--run-name", help="name of the parent run (default: the pipeline's name)")
     p.add_argument("--force", action="store_true", help="retrain every stage, even unchanged ones")
+    p.add_argument("--resume", metavar="RUN_ID_OR_PATH", help="continue a stopped run from its last checkpoint")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="validate a pipeline and dry-run it on a tiny batch; trains nothing")
@@ -137,14 +138,23 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as err:
         _print_problems(err)
         return EXIT_INVALID
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # a bug or a failing node: one clear line, the traceback on request
+    except Exception as err:
+        from graphssl.checkpoint import CheckpointError
+        from graphssl.runner import Stopped
+
+        if isinstance(err, CheckpointError):
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_INVALID
+        if isinstance(err, Stopped):
+            print(f"stopped: checkpoint written at step {err.step} ({err.checkpoint})", file=sys.stderr)
+            return 130
         if os.environ.get("GRAPHSSL_DEBUG"):
             raise
         print(f"error: {err}\n(set GRAPHSSL_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -17,6 +17,11 @@ import torch
 import yaml
 from torch import nn
 
+import signal
+
+from graphssl.checkpoint import CheckpointError, CheckpointHook, restore
+from graphssl.checkpoint import load as load_checkpoint
+from graphssl.checkpoint import run_dir as checkpoint_run_dir
 from graphssl.component import BuildContext
 from graphssl.config import LoadedPipeline, PipelineConfig, load_yaml, validate_sections
 from graphssl.data import Data, DatasetMissing
@@ -91,7 +96,7 @@ def build_modules(prepared: Prepared, ctx: BuildContext) -> dict[str, nn.Module]
         except PipelineError:
             raise
         except Exception as e:  # later nodes may depend on this one: stop here
-            raise PipelineError([prepared.loaded.problem(f"nodes.{name}", f"cannot build {node.type_name}: {e}")],
+            raise PipelineError([prepared.loaded.problem(f"nodes.{name}", f"cannot build {node.type_name}: {type(e).__name__}: {e}")],
                                 prepared.source) from None
     return dict(ctx.modules)
 
@@ -141,85 +146,188 @@ def evaluation_metrics(tracker: Tracker, run_id: str, stage: Stage) -> dict[str,
     return {k: v for k, v in logged.items() if k in names}
 
 
-def train_stage(stage: Stage, plan: Plan, tracker: Tracker, run_id: str, artifacts: dict[str, Path], workdir: Path,
-                device: torch.device, log=print) -> tuple[Path, dict[str, float]]:
-    """Train one stage under the MLflow run ``run_id``; returns its checkpoint and final evaluation."""
+class Stopped(Exception):
+    """Training was stopped by a signal after a checkpoint was written."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(f"stopped after step {step}; checkpoint {checkpoint}")
+
+
+def train_stage(stage: Stage, plan: Plan, tracker: Tracker, run_id: str, artifacts: dict[str, Path], ckpt_dir: Path,
+                device: torch.device, log=print, resume: dict | None = None,
+                should_stop=lambda: False, parent_run_id: str | None = None) -> tuple[Path, dict[str, float]]:
+    """Train one stage under the MLflow run ``run_id``; returns its modules file and final evaluation.
+
+    With ``resume`` (a training state this stage wrote), training continues
+    from its step in the same MLflow runs.
+    """
     prepared = stage.prepared
     cfg = prepared.cfg
     seed_everything(cfg.seed)
     data = load_data(prepared, device)
     modules = build_modules(prepared, make_context(prepared, data, device, ModuleLoader(plan, stage.name, artifacts, device)))
+    if cfg.train.compile:
+        for module in modules.values():
+            if any(True for _ in module.parameters()):
+                module.compile()
     executor = Executor(prepared.spec, modules)
     optimizer = build_optimizer(modules, cfg.train, device)
 
-    node_runs = {}
-    for name, node in prepared.spec.nodes.items():
-        node_runs[name] = tracker.create_run(name, {"graphssl.node": name, "graphssl.component": node.type_name,
-                                                    **({"graphssl.call": node.call} if node.call else {})}, parent=run_id)
-        if node.config is not None:
-            tracker.log_params(node_runs[name], flatten(node.config.model_dump(mode="json")))
-    tracker.log_params(run_id, flatten({k: v for k, v in prepared.loaded.raw.items()}))
-    with tempfile.TemporaryDirectory() as tmp:
-        resolved = Path(tmp) / "pipeline.yaml"
-        resolved.write_text(yaml.safe_dump(prepared.loaded.raw, sort_keys=False))
-        tracker.log_artifact(run_id, resolved)
-        from graphssl.picture import draw_graph
+    if resume is not None:
+        node_runs = resume["node_runs"]
+        for node_run in node_runs.values():
+            tracker.client.update_run(node_run, "RUNNING")
+    else:
+        node_runs = {}
+        for name, node in prepared.spec.nodes.items():
+            node_runs[name] = tracker.create_run(name, {"graphssl.node": name, "graphssl.component": node.type_name,
+                                                        **({"graphssl.call": node.call} if node.call else {})}, parent=run_id)
+            if node.config is not None:
+                tracker.log_params(node_runs[name], flatten(node.config.model_dump(mode="json")))
+        tracker.log_params(run_id, flatten({k: v for k, v in prepared.loaded.raw.items()}))
+        with tempfile.TemporaryDirectory() as tmp:
+            resolved = Path(tmp) / "pipeline.yaml"
+            resolved.write_text(yaml.safe_dump(prepared.loaded.raw, sort_keys=False))
+            tracker.log_artifact(run_id, resolved)
+            from graphssl.picture import draw_graph
 
-        draw_graph(prepared.spec, Path(tmp) / "graph.png", title=cfg.name)
-        tracker.log_artifact(run_id, Path(tmp) / "graph.png")
+            draw_graph(prepared.spec, Path(tmp) / "graph.png", title=cfg.name)
+            tracker.log_artifact(run_id, Path(tmp) / "graph.png")
 
-    hooks = [TrackingHook(tracker, run_id, node_runs, cfg.train.log_every), ConsoleHook(cfg.train.steps, cfg.train.log_every)]
+    final: dict[str, float] = dict(resume["final"]) if resume else {}
+    state_path = ckpt_dir / f"{stage.name}.state.pt"
+    meta = {"stage": stage.name, "fingerprint": stage.fingerprint, "run_id": run_id, "node_runs": node_runs,
+            "final": final, "parent_run_id": parent_run_id or run_id}
+    checkpoints = CheckpointHook(state_path, cfg.train.checkpoint_every, meta)
+    hooks = [TrackingHook(tracker, run_id, node_runs, cfg.train.log_every), ConsoleHook(cfg.train.steps, cfg.train.log_every), checkpoints]
     trainer = Trainer(cfg, executor, optimizer, data, hooks)
     status = "FAILED"
-    final: dict[str, float] = {}
     try:
-        for metrics in trainer.evaluate(0, suffix="_init").values():
-            final.update(metrics)
-        trainer.fit()
+        if resume is not None:
+            start = restore(trainer, resume)
+            log(f"stage {stage.name}: resuming at step {start}/{cfg.train.steps}")
+        else:
+            start = 0
+            for metrics in trainer.evaluate(0, suffix="_init").values():
+                final.update(metrics)
+        if not trainer.fit(start, should_stop):
+            checkpoints.save(trainer, trainer.step)
+            status = "KILLED"
+            raise Stopped(trainer.step, state_path)
         for metrics in trainer.evaluate(cfg.train.steps - 1).values():
             final.update(metrics)
-        ckpt = workdir / f"{stage.name}.modules.pt"
-        save_modules(modules, prepared, ckpt)
-        tracker.log_artifact(run_id, ckpt, "model")
+        checkpoints.save(trainer, cfg.train.steps)
+        modules_path = ckpt_dir / f"{stage.name}.modules.pt"
+        save_modules(modules, prepared, modules_path)
+        tracker.log_artifact(run_id, modules_path, "model")
+        tracker.log_artifact(run_id, state_path, "checkpoints")
         status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
     finally:
         tracker.flush()
         for node_run in node_runs.values():
             tracker.end_run(node_run, status)
-    return ckpt, final
+    return modules_path, final
+
+
+class GracefulStop:
+    """SIGTERM or Ctrl-C: finish the current step, write a checkpoint, mark the run KILLED."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        def request(signum, frame):
+            if self.requested:  # a second Ctrl-C stops at once
+                raise KeyboardInterrupt
+            self.requested = True
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, request)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+def find_resume_state(resume: str, tracker: Tracker, tmp: Path) -> tuple[str, Path]:
+    """(parent run id, folder of its stage states) from a run id or a checkpoint path."""
+    path = Path(resume)
+    if path.exists():
+        folder = path if path.is_dir() else path.parent
+        states = sorted(folder.glob("*.state.pt"))
+        if not states:
+            raise CheckpointError(f"no *.state.pt checkpoint in {folder}")
+        return load_checkpoint(states[0])["parent_run_id"], folder
+    folder = checkpoint_run_dir(resume)
+    if folder.is_dir() and any(folder.glob("*.state.pt")):
+        return resume, folder
+    try:
+        downloaded = Path(tracker.client.download_artifacts(resume, "checkpoints", str(tmp)))
+    except Exception:
+        raise CheckpointError(f"--resume {resume}: no checkpoint folder {folder} and no checkpoint artifact in that run") from None
+    return resume, downloaded
 
 
 def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = None, experiment: str | None = None,
-        run_name: str | None = None, force: bool = False, log=print) -> str:
-    """Train every stage of a pipeline (reusing unchanged ones); returns the MLflow parent run id."""
+        run_name: str | None = None, force: bool = False, resume: str | None = None, log=print) -> str:
+    """Train every stage of a pipeline (reusing unchanged ones); returns the MLflow parent run id.
+
+    ``resume``: a parent run id (or a checkpoint folder/file) whose last checkpoint to continue from.
+    """
     plan = plan_pipeline(path, overrides)
     first = next(iter(plan.stages.values())).prepared
     device = resolve_device(first.cfg.device)
+    torch.use_deterministic_algorithms(first.cfg.deterministic)
     for stage in plan.stages.values():
         for w in stage.prepared.warnings:
             log(w.format(plan.source))
     check_plan(plan, device)
 
     tracker = Tracker(tracking_uri, experiment or "graphssl")
-    types = sorted({n.type_name for s in plan.stages.values() for n in s.prepared.spec.nodes.values()})
-    tags = {"graphssl.pipeline": plan.name, "graphssl.components": ",".join(types), **{f"graphssl.uses.{t}": "true" for t in types}}
-    if not plan.staged:
-        tags["graphssl.fingerprint"] = first and next(iter(plan.stages.values())).fingerprint
-    parent = tracker.create_run(run_name or plan.name, tags)
-    log(f"run {parent} ({plan.name}) -> {tracker.uri}")
-    status = "FAILED"
-    artifacts: dict[str, Path] = {}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, GracefulStop() as stop:
+        states: dict[str, dict] = {}
+        if resume:
+            parent, folder = find_resume_state(resume, tracker, Path(tmp))
+            for state_file in folder.glob("*.state.pt"):
+                state = load_checkpoint(state_file)
+                states[state["stage"]] = state
+            for name, state in states.items():
+                if name not in plan.stages or plan.stages[name].fingerprint != state["fingerprint"]:
+                    raise CheckpointError(f"--resume {resume}: stage {name!r} of that run had another config; "
+                                          "resume with the same pipeline and overrides")
+            tracker.client.update_run(parent, "RUNNING")
+            log(f"resuming run {parent} ({plan.name})")
+        else:
+            types = sorted({n.type_name for s in plan.stages.values() for n in s.prepared.spec.nodes.values()})
+            tags = {"graphssl.pipeline": plan.name, "graphssl.components": ",".join(types),
+                    **{f"graphssl.uses.{t}": "true" for t in types}}
+            if not plan.staged:
+                tags["graphssl.fingerprint"] = next(iter(plan.stages.values())).fingerprint
+            parent = tracker.create_run(run_name or plan.name, tags)
+            log(f"run {parent} ({plan.name}) -> {tracker.uri}")
+        ckpt_dir = checkpoint_run_dir(parent)
+        status = "FAILED"
+        artifacts: dict[str, Path] = {}
+        try:
             final: dict[str, float] = {}
             for name, stage in plan.stages.items():
+                state = states.get(name)
+                if state is not None and state["step"] >= stage.prepared.cfg.train.steps and (ckpt_dir / f"{name}.modules.pt").exists():
+                    artifacts[name], final = ckpt_dir / f"{name}.modules.pt", state["final"]
+                    continue  # finished before the interruption
                 if not plan.staged:
-                    artifacts[name], final = train_stage(stage, plan, tracker, parent, artifacts, Path(tmp), device, log)
+                    artifacts[name], final = train_stage(stage, plan, tracker, parent, artifacts, ckpt_dir, device, log, state, stop, parent)
                     continue
-                reusable = None if force else find_reusable(tracker, stage)
+                reusable = None if (force or state) else find_reusable(tracker, stage)
                 if reusable:
                     artifacts[name] = Path(tracker.client.download_artifacts(reusable, f"model/{name}.modules.pt", tmp))
                     log(f"stage {name}: unchanged config and inputs, reusing run {reusable} (use --force to retrain)")
@@ -229,23 +337,32 @@ def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = 
                     tracker.end_run(stage_run)
                     final = evaluation_metrics(tracker, reusable, stage)
                     continue
-                log(f"stage {name}: training ({stage.prepared.cfg.train.steps} steps)")
-                stage_run = tracker.create_run(name, {"graphssl.stage": name, "graphssl.fingerprint": stage.fingerprint,
-                                                      "graphssl.pipeline": plan.name}, parent=parent)
+                if state is not None:
+                    stage_run = state["run_id"]
+                    tracker.client.update_run(stage_run, "RUNNING")
+                else:
+                    log(f"stage {name}: training ({stage.prepared.cfg.train.steps} steps)")
+                    stage_run = tracker.create_run(name, {"graphssl.stage": name, "graphssl.fingerprint": stage.fingerprint,
+                                                          "graphssl.pipeline": plan.name}, parent=parent)
                 stage_status = "FAILED"
                 try:
-                    artifacts[name], final = train_stage(stage, plan, tracker, stage_run, artifacts, Path(tmp), device, log)
+                    artifacts[name], final = train_stage(stage, plan, tracker, stage_run, artifacts, ckpt_dir, device, log, state, stop, parent)
                     stage_status = "FINISHED"
+                except Stopped:
+                    stage_status = "KILLED"
+                    raise
                 finally:
                     tracker.end_run(stage_run, stage_status)
                 tracker.set_tags(parent, {f"graphssl.stage.{name}.run": stage_run})
             for key, value in final.items():  # the last stage's evaluation is the pipeline's
                 tracker.metric(parent, key, value, 0)
             tracker.flush()
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.end_run(parent, status)
+            status = "FINISHED"
+        except (Stopped, KeyboardInterrupt) as e:
+            status = "KILLED"
+            if isinstance(e, Stopped):
+                log(f"{e}; continue with: graphssl run {plan.source} --resume {parent}")
+            raise
+        finally:
+            tracker.end_run(parent, status)
     return parent

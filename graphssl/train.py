@@ -79,8 +79,9 @@ class Trainer:
             c.before_step(progress)
         start = time.perf_counter()
         batch = self.data.batch(step)
-        losses = self.executor(batch)
-        total = self.executor.total_loss(losses)
+        with torch.autocast(self.data.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            losses = self.executor(batch)
+            total = self.executor.total_loss(losses)
         if not torch.isfinite(total):
             raise NonFiniteLoss(step, {f"{n}.{p}": float(v) for (n, p), v in losses.items()})
         self.optimizer.zero_grad(set_to_none=True)
@@ -99,7 +100,8 @@ class Trainer:
         metrics.update({"lr": lr, "weight_decay": wd, "step_time_s": seconds, "images_per_s": self.global_batch / seconds})
         return metrics
 
-    def fit(self, start_step: int = 0, should_stop: Callable[[], bool] = lambda: False) -> None:
+    def fit(self, start_step: int = 0, should_stop: Callable[[], bool] = lambda: False) -> bool:
+        """Train from ``start_step``; returns False if ``should_stop`` ended it early."""
         self.executor.train()
         for step in range(start_step, self.cfg.train.steps):
             self.step = step
@@ -111,5 +113,6 @@ class Trainer:
             if step + 1 < self.cfg.train.steps:
                 self.evaluate(step, force=False)
             self.step = step + 1
-            if should_stop():
-                break
+            if should_stop() and step + 1 < self.cfg.train.steps:
+                return False
+        return True

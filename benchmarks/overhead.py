@@ -1,0 +1,128 @@
+"""Executor and tracking overhead on the default MAE pipeline.
+
+Three variants train the *same* modules on the same batches, interleaved in
+one process so machine noise hits all of them alike:
+  hand     -- a hand-written PyTorch loop calling the modules directly;
+  graph    -- graphssl's Trainer.train_step (executor, schedules, hooks list empty);
+  tracked  -- graph plus the MLflow TrackingHook writing to a temporary SQLite store.
+Writes benchmarks/results/overhead.json with the median step times and
+  step_time_ratio = graph / hand            (target <= 1.03)
+  tracking_overhead = tracked / graph - 1   (target <= 0.02)
+
+    python benchmarks/overhead.py [--steps-per-round 10] [--rounds 7] [key=value overrides]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from graphssl.hooks import TrackingHook
+from graphssl.optim import build_optimizer, clip_gradients, set_lr_and_wd
+from graphssl.runner import build_modules, load_data, make_context, prepare, seed_everything
+from graphssl.executor import Executor
+from graphssl.schedules import value_at, warmup_cosine_lr
+from graphssl.component import Progress
+from graphssl.tracking import Tracker
+from graphssl.train import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def hand_step(m: dict, data, optimizer, trainer: Trainer, step: int) -> None:
+    """MAE written by hand against the same modules: what a user would write without graphssl."""
+    cfg = trainer.cfg.train
+    lr = warmup_cosine_lr(step, cfg.steps, trainer.peak_lr, trainer.warmup_steps, cfg.min_lr)
+    set_lr_and_wd(optimizer, lr, value_at(cfg.weight_decay, Progress(step, cfg.steps)))
+    images = data.batch(step)["images"]
+    view = m["view"](images=images)["images"]
+    mask = m["mask"](images=view)["mask"]
+    enc = m["encoder"](images=view, mask=mask)
+    pred = m["decoder"](cls=enc["cls"], patches=enc["patches"], mask=mask)["pred"]
+    with torch.no_grad():
+        target = m["target"](images=view)["target"]
+    loss = m["loss"](pred=pred, target=target, mask=mask)["loss"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.clip_grad is not None:
+        clip_gradients(trainer.params, cfg.clip_grad, cfg.clip_mode)
+    optimizer.step()
+    float(loss)  # the hand loop reads its loss too (to print it)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline", default=str(ROOT / "pipelines/mae.yaml"))
+    parser.add_argument("--steps-per-round", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/overhead.json"))
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+
+    prepared = prepare(args.pipeline, ["device=cpu", *args.overrides])
+    device = torch.device("cpu")
+    seed_everything(0)
+    data = load_data(prepared, device)
+    modules = build_modules(prepared, make_context(prepared, data, device))
+    executor = Executor(prepared.spec, modules)
+    optimizer = build_optimizer(modules, prepared.cfg.train, device)
+    plain = Trainer(prepared.cfg, executor, optimizer, data, hooks=[])
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker = Tracker(f"sqlite:///{tmp}/bench.db", "overhead")
+        parent = tracker.create_run("bench", {})
+        node_runs = {n: tracker.create_run(n, {}, parent=parent) for n in prepared.spec.nodes}
+        tracked = Trainer(prepared.cfg, executor, optimizer, data,
+                          hooks=[TrackingHook(tracker, parent, node_runs, prepared.cfg.train.log_every)])
+        variants = {
+            "hand": lambda s: hand_step(modules, data, optimizer, plain, s),
+            "graph": lambda s: plain.train_step(s),
+            "tracked": lambda s: [h.on_step_end(tracked, s, tracked.train_step(s)) for h in tracked.hooks],
+        }
+        executor.train()
+        for fn in variants.values():  # warm-up
+            fn(0)
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        step = 1
+        for r in range(args.rounds):
+            order = list(variants) if r % 2 == 0 else list(reversed(variants))
+            for name in order:
+                start = time.perf_counter()
+                for _ in range(args.steps_per_round):
+                    variants[name](step)
+                    step += 1
+                times[name].append((time.perf_counter() - start) / args.steps_per_round)
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k}={v[-1] * 1000:.0f} ms" for k, v in times.items()), flush=True)
+        tracker.flush()
+
+    median = {k: statistics.median(v) for k, v in times.items()}
+    # per-round ratios cancel slow drifts of the machine better than ratios of medians
+    graph_ratio = statistics.median(g / h for g, h in zip(times["graph"], times["hand"]))
+    tracking = statistics.median(t / g for t, g in zip(times["tracked"], times["graph"])) - 1
+    result = {
+        "pipeline": Path(args.pipeline).name,
+        "overrides": args.overrides,
+        "batch_size": prepared.cfg.data.batch_size,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps_per_round,
+        "median_step_s": median,
+        "step_time_ratio": graph_ratio,
+        "tracking_overhead": tracking,
+        "targets": {"step_time_ratio": 1.03, "tracking_overhead": 0.02},
+        "pass": graph_ratio <= 1.03 and tracking <= 0.02,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Resumable training state: written atomically, restored exactly.
+
+A checkpoint holds every node's module state (EMA copies, centers and
+codebooks included), the optimiser, the RNG states, the next step (the batch
+order is a function of seed and step, so that is the data position), the
+evaluation so far and the MLflow run ids to continue.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_ROOT = "checkpoints"
+
+
+class CheckpointError(Exception):
+    pass
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(payload: dict[str, Any], path: Path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A failed write (disk full, ...) removes the temporary file and leaves the
+    previous checkpoint at ``path`` intact.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        kept = f"the previous checkpoint {path} is intact" if path.exists() else "no earlier checkpoint exists"
+        raise CheckpointError(f"could not write checkpoint {path}: {e}; {kept}") from None
+
+
+def load(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+
+
+def run_dir(run_id: str) -> Path:
+    return Path(CHECKPOINT_ROOT) / run_id
+
+
+def training_state(trainer, step: int, meta: dict[str, Any]) -> dict[str, Any]:
+    return {"step": step, "modules": trainer.executor.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+            "rng": rng_state(), **meta}
+
+
+def restore(trainer, state: dict[str, Any]) -> int:
+    """Load a training state into a freshly built trainer; returns the step to continue from."""
+    trainer.executor.load_state_dict(state["modules"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+class CheckpointHook:
+    """Saves the training state every ``every`` steps (and on demand)."""
+
+    def __init__(self, path: Path, every: int | None, meta: dict[str, Any]):
+        self.path, self.every, self.meta = path, every, meta
+
+    def save(self, trainer, next_step: int) -> Path:
+        save_atomic(training_state(trainer, next_step, self.meta), self.path)
+        return self.path
+
+    def on_step_end(self, trainer, step: int, metrics: dict) -> None:
+        if self.every and (step + 1) % self.every == 0 and step + 1 < trainer.cfg.train.steps:
+            self.save(trainer, step + 1)
