@@ -6,7 +6,7 @@ everything else is validated here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args, get_origin
 
 import yaml
 from omegaconf import OmegaConf
@@ -49,6 +49,9 @@ class TrainConfig(Strict):
     layer_decay: float = Field(1.0, gt=0, le=1, description="layer-wise lr decay (DINOv2 0.9); 1 = off")
     patch_embed_lr: float = Field(1.0, gt=0, description="lr multiplier of patch embeddings (DINOv2 0.2)")
     log_every: int = Field(10, ge=1, description="steps between metric flushes to MLflow")
+    checkpoint_every: Optional[int] = Field(None, ge=1, description="steps between resumable checkpoints (also at the end)")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the forward pass")
+    compile: bool = Field(False, description="torch.compile every module (first steps are slow)")
 
 
 class EvalConfig(Strict):
@@ -60,6 +63,7 @@ class PipelineConfig(Strict):
     name: str
     description: str = ""
     seed: int = 0
+    deterministic: bool = Field(False, description="torch deterministic algorithms: bit-identical reruns")
     device: Literal["cpu", "cuda", "auto"] = "auto"
     vars: dict[str, Any] = Field(default_factory=dict, description="free values for ${vars.x} interpolation")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -87,6 +91,7 @@ class StagedPipelineConfig(Strict):
     name: str
     description: str = ""
     seed: int = 0
+    deterministic: bool = Field(False, description="torch deterministic algorithms: bit-identical reruns")
     device: Literal["cpu", "cuda", "auto"] = "auto"
     vars: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
@@ -98,15 +103,29 @@ class StagedPipelineConfig(Strict):
 SECTION_MODELS: dict[str, type[BaseModel]] = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
 
 
-def yaml_lines(text: str) -> dict[str, int]:
-    """Map dotted YAML paths to 1-based line numbers (for error messages)."""
+def yaml_lines(text: str, duplicates: list[Problem] | None = None) -> dict[str, int]:
+    """Map dotted YAML paths to 1-based line numbers (for error messages).
+
+    A key repeated in one mapping (which PyYAML silently resolves to the last
+    value) is appended to ``duplicates`` as a Problem at its second line.
+    """
     lines: dict[str, int] = {}
 
     def walk(node: yaml.Node, path: str) -> None:
         if isinstance(node, yaml.MappingNode):
+            seen: dict[tuple[str, str], int] = {}
             for key, value in node.value:
                 sub = f"{path}.{key.value}" if path else str(key.value)
-                lines[sub] = key.start_mark.line + 1
+                line = key.start_mark.line + 1
+                ident = (key.tag, str(key.value))
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<" and ident in seen:
+                    if duplicates is not None:
+                        duplicates.append(Problem(sub, f"duplicate key {key.value!r} (first at line {seen[ident]}); "
+                                                       "YAML would silently keep only the last one", line))
+                    walk(value, sub)
+                    continue
+                seen[ident] = line
+                lines[sub] = line
                 walk(value, sub)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
@@ -192,6 +211,8 @@ def load_yaml(path: str | Path, overrides: list[str] = ()) -> LoadedPipeline:
         text = Path(path).read_text()
     except OSError as e:
         raise PipelineError([Problem("", f"cannot read the pipeline file: {e.strerror}")], source) from None
+    except UnicodeDecodeError as e:
+        raise PipelineError([Problem("", f"cannot read the pipeline file: not UTF-8 text ({e.reason})")], source) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -201,7 +222,10 @@ def load_yaml(path: str | Path, overrides: list[str] = ()) -> LoadedPipeline:
         raise PipelineError([Problem("", f"YAML syntax error at {where}{what}", mark.line + 1 if mark else None)], source) from None
     if not isinstance(data, dict):
         raise PipelineError([Problem("", "a pipeline file must be a YAML mapping (name:, data:, train:, nodes:, ...)")], source)
-    lines = yaml_lines(text)
+    duplicates: list[Problem] = []
+    lines = yaml_lines(text, duplicates)
+    if duplicates:
+        raise PipelineError(duplicates, source)
     problems: list[Problem] = []
     dotlist = []
     for item in overrides:
@@ -232,20 +256,50 @@ def validate_sections(loaded: LoadedPipeline) -> tuple[PipelineConfig | None, li
     try:
         return PipelineConfig.model_validate(loaded.raw), []
     except ValidationError as e:
-        return None, [loaded.problem(*pydantic_problem(err)) for err in e.errors()]
+        return None, [loaded.problem(*pydantic_problem(err, model=PipelineConfig)) for err in e.errors()]
 
 
-def pydantic_problem(err: dict[str, Any], prefix: str = "") -> tuple[str, str]:
-    """(dotted path, message) from one pydantic error."""
+def fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """The field names of the (nested) model found at ``loc`` inside ``model``: hints for unknown keys."""
+    parts = iter(loc)
+    for part in parts:
+        info = model.model_fields.get(part)
+        if info is None:
+            return []
+        annotation = info.annotation
+        found = None
+        for candidate in (annotation, *get_args(annotation)):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                found = candidate
+                break
+            if get_origin(candidate) is dict:  # dict[str, Model]: the next part is a free key
+                value = get_args(candidate)[-1] if get_args(candidate) else None
+                if isinstance(value, type) and issubclass(value, BaseModel) and next(parts, None) is not None:
+                    found = value
+                    break
+        if found is None:
+            return []
+        model = found
+    return list(model.model_fields)
+
+
+def pydantic_problem(err: dict[str, Any], prefix: str = "", model: type[BaseModel] | None = None) -> tuple[str, str]:
+    """(dotted path, message) from one pydantic error; ``model`` (the validated schema) adds did-you-mean hints."""
     loc = [str(x) for x in err["loc"] if not str(x).startswith(("function-", "tagged-union"))]
     # Union members (float | Schedule) add their type name to the path; drop it.
     loc = [x for x in loc if x not in ("float", "Schedule", "int", "str", "list[float]", "tuple[float, float]")]
     path = ".".join(([prefix] if prefix else []) + loc)
     kind = err.get("type", "")
     if kind == "extra_forbidden":
-        return path, "unknown key"
+        hint = did_you_mean(loc[-1], fields_at(model, loc[:-1])) if model is not None and loc else ""
+        return path, f"unknown key{hint}"
     if kind == "missing":
         return path, "required key is missing"
     value = err.get("input")
     shown = repr(value) if not isinstance(value, dict) else "a mapping"
-    return path, f"{err['msg']} (got {shown})"
+    msg = err["msg"]
+    if kind == "value_error":  # a validator's own message: drop pydantic's prefix, keep its "got"
+        msg = msg.removeprefix("Value error, ")
+        if "got" in msg:
+            return path, msg
+    return path, f"{msg} (got {shown})"
