@@ -68,27 +68,40 @@ def run_dir(run_id: str) -> Path:
     return Path(CHECKPOINT_ROOT) / run_id
 
 
-def training_state(trainer, step: int, meta: dict[str, Any]) -> dict[str, Any]:
-    return {"step": step, "modules": trainer.executor.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-            "rng": rng_state(), **meta}
+def gathered_rng(world) -> list[dict[str, Any]]:
+    """Every rank's RNG state, in rank order (collective under torchrun)."""
+    if not world.distributed:
+        return [rng_state()]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world.size
+    dist.all_gather_object(out, rng_state())
+    return out
 
 
 def restore(trainer, state: dict[str, Any]) -> int:
     """Load a training state into a freshly built trainer; returns the step to continue from."""
     trainer.executor.load_state_dict(state["modules"])
     trainer.optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"])
+    ranks = state["rng"]
+    if len(ranks) != trainer.world.size:
+        raise CheckpointError(f"the checkpoint was written by {len(ranks)} processes; resume it with as many")
+    set_rng_state(ranks[trainer.world.rank])
     return int(state["step"])
 
 
 class CheckpointHook:
-    """Saves the training state every ``every`` steps (and on demand)."""
+    """Saves the training state every ``every`` steps (and on demand); every rank calls it, rank 0 writes."""
 
     def __init__(self, path: Path, every: int | None, meta: dict[str, Any]):
         self.path, self.every, self.meta = path, every, meta
 
     def save(self, trainer, next_step: int) -> Path:
-        save_atomic(training_state(trainer, next_step, self.meta), self.path)
+        rng = gathered_rng(trainer.world)
+        if trainer.world.main:
+            state = {"step": next_step, "modules": trainer.executor.state_dict(),
+                     "optimizer": trainer.optimizer.state_dict(), "rng": rng, **self.meta}
+            save_atomic(state, self.path)
         return self.path
 
     def on_step_end(self, trainer, step: int, metrics: dict) -> None:

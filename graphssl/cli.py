@@ -15,12 +15,39 @@ def _print_problems(err: PipelineError) -> None:
     print(err.format(), file=sys.stderr)
 
 
+LAUNCH_FLAGS = ("--nproc-per-node", "--nnodes", "--rdzv-endpoint", "--node-rank")
+
+
+def _without_launch_flags(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in LAUNCH_FLAGS:
+            skip = True
+            continue
+        if arg.startswith(tuple(f + "=" for f in LAUNCH_FLAGS)):
+            continue
+        out.append(arg)
+    return out
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from graphssl.runner import run
 
+    if (args.nproc_per_node or 1) * (args.nnodes or 1) > 1 and "WORLD_SIZE" not in os.environ:
+        from graphssl.distributed import launch
+        from graphssl.stages import plan_pipeline
+
+        plan_pipeline(args.pipeline, args.overrides)  # report a broken pipeline once, before any process starts
+        return launch(_without_launch_flags(args.argv), args.nproc_per_node or 1, args.nnodes or 1,
+                      args.rdzv_endpoint, args.node_rank)
+
     run_id = run(args.pipeline, args.overrides, tracking_uri=args.tracking_uri, experiment=args.experiment,
                  run_name=args.run_name, force=args.force, resume=args.resume)
-    print(f"finished run {run_id}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"finished run {run_id}")
     return 0
 
 
@@ -114,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", help="name of the parent run (default: the pipeline's name)")
     p.add_argument("--force", action="store_true", help="retrain every stage, even unchanged ones")
     p.add_argument("--resume", metavar="RUN_ID_OR_PATH", help="continue a stopped run from its last checkpoint")
+    p.add_argument("--nproc-per-node", type=int, help="processes per machine (DDP through torchrun; gloo on CPU, NCCL on GPU)")
+    p.add_argument("--nnodes", type=int, help="machines taking part (run the same command on each)")
+    p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="rendezvous of a multi-machine run")
+    p.add_argument("--node-rank", type=int, help="this machine's rank in a multi-machine run")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="validate a pipeline and dry-run it on a tiny batch; trains nothing")
@@ -132,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except PipelineError as err:

@@ -160,13 +160,15 @@ def load_split(cfg: DataConfig, split: str, limit: int | None = None) -> ImageSe
 class Data:
     """Training batches and labelled evaluation sets for one pipeline run."""
 
-    def __init__(self, cfg: DataConfig, device: torch.device, seed: int = 0):
+    def __init__(self, cfg: DataConfig, device: torch.device, seed: int = 0, rank: int = 0, world_size: int = 1):
         self.cfg = cfg
         self.device = device
         self.seed = seed
+        self.rank, self.world_size = rank, world_size
         self.train = load_split(cfg, "train", cfg.limit)
-        if len(self.train) < cfg.batch_size:
-            raise DatasetMissing(f"data.batch_size {cfg.batch_size} is larger than the {len(self.train)} training images")
+        if len(self.train) < cfg.batch_size * world_size:
+            raise DatasetMissing(f"data.batch_size {cfg.batch_size} x {world_size} processes is more than the "
+                                 f"{len(self.train)} training images")
         self._eval_cache: dict[tuple[str, int], ImageSet] = {}
         if cfg.normalize == "dataset":
             pixels = self.train.images[:10000].float() / 255
@@ -183,7 +185,7 @@ class Data:
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.train) // self.cfg.batch_size
+        return len(self.train) // (self.cfg.batch_size * self.world_size)
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8[B,c,S,S] -> float[B,C,S,S] on the device, channel-replicated and normalised."""
@@ -193,12 +195,18 @@ class Data:
         return (x - self._mean) / self._std
 
     def batch_indices(self, step: int) -> torch.Tensor:
-        """Indices of the batch at ``step``: a fresh permutation each epoch, fixed by the seed (so resumable)."""
+        """This process's indices at ``step``, as a DistributedSampler with per-epoch reshuffle.
+
+        Every epoch is a fresh permutation fixed by the seed (so a step is a
+        data position, and resuming is exact); the global batch at ``step`` is
+        split between the processes by rank.
+        """
         epoch, i = divmod(step, self.steps_per_epoch)
         g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
         perm = torch.randperm(len(self.train), generator=g)
         b = self.cfg.batch_size
-        return perm[i * b: (i + 1) * b]
+        start = (i * self.world_size + self.rank) * b
+        return perm[start: start + b]
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         return {"images": self.to_input(self.train.images[self.batch_indices(step)])}

@@ -31,7 +31,9 @@ from graphssl.graph import GraphSpec, build_graph
 from graphssl.hooks import ConsoleHook, TrackingHook
 from graphssl.optim import build_optimizer
 from graphssl.stages import ModuleLoader, Plan, Stage, plan_pipeline, save_modules
-from graphssl.tracking import Tracker, flatten
+from graphssl.distributed import World, barrier, broadcast, parameter_checksums, teardown
+from graphssl.distributed import setup as setup_world
+from graphssl.tracking import NullTracker, Tracker, flatten
 from graphssl.train import Trainer
 
 
@@ -41,6 +43,7 @@ class Prepared:
     cfg: PipelineConfig
     spec: GraphSpec
     warnings: list[Problem] = field(default_factory=list)
+    unused_parameters: list[str] = field(default_factory=list)  # trainable but gradient-free (found by the dry run)
 
     @property
     def source(self) -> str:
@@ -101,11 +104,11 @@ def build_modules(prepared: Prepared, ctx: BuildContext) -> dict[str, nn.Module]
     return dict(ctx.modules)
 
 
-def load_data(prepared: Prepared, device: torch.device, limit: int | None = None) -> Data:
+def load_data(prepared: Prepared, device: torch.device, limit: int | None = None, world: World = World()) -> Data:
     cfg = prepared.cfg
     data_cfg = cfg.data if limit is None else cfg.data.model_copy(update={"limit": limit, "batch_size": min(limit, cfg.data.batch_size)})
     try:
-        return Data(data_cfg, device, cfg.seed)
+        return Data(data_cfg, device, cfg.seed, world.rank if limit is None else 0, world.size if limit is None else 1)
     except DatasetMissing as e:
         raise PipelineError([prepared.loaded.problem("data", str(e))], prepared.source) from None
 
@@ -122,6 +125,8 @@ def dry_run(prepared: Prepared, device: torch.device, loader=None, batch_size: i
         executor.total_loss(losses).backward()
     except NodeError as e:
         raise PipelineError([prepared.loaded.problem(f"nodes.{e.node}", f"dry run: {e}")], prepared.source) from None
+    # DDP must search for parameters without gradients only when there are some
+    prepared.unused_parameters = [n for n, p in executor.named_parameters() if p.requires_grad and p.grad is None]
     return executor.trace
 
 
@@ -156,7 +161,8 @@ class Stopped(Exception):
 
 def train_stage(stage: Stage, plan: Plan, tracker: Tracker, run_id: str, artifacts: dict[str, Path], ckpt_dir: Path,
                 device: torch.device, log=print, resume: dict | None = None,
-                should_stop=lambda: False, parent_run_id: str | None = None) -> tuple[Path, dict[str, float]]:
+                should_stop=lambda: False, parent_run_id: str | None = None,
+                world: World = World()) -> tuple[Path, dict[str, float]]:
     """Train one stage under the MLflow run ``run_id``; returns its modules file and final evaluation.
 
     With ``resume`` (a training state this stage wrote), training continues
@@ -165,14 +171,22 @@ def train_stage(stage: Stage, plan: Plan, tracker: Tracker, run_id: str, artifac
     prepared = stage.prepared
     cfg = prepared.cfg
     seed_everything(cfg.seed)
-    data = load_data(prepared, device)
+    data = load_data(prepared, device, world=world)
     modules = build_modules(prepared, make_context(prepared, data, device, ModuleLoader(plan, stage.name, artifacts, device)))
+    if world.distributed:  # same initial weights everywhere, different augmentations per rank
+        torch.manual_seed(cfg.seed + 1000003 * world.rank)
     if cfg.train.compile:
         for module in modules.values():
             if any(True for _ in module.parameters()):
                 module.compile()
     executor = Executor(prepared.spec, modules)
     optimizer = build_optimizer(modules, cfg.train, device)
+    forward = None
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(executor, device_ids=[device.index] if device.type == "cuda" else None,
+                                          find_unused_parameters=bool(prepared.unused_parameters))
 
     if resume is not None:
         node_runs = resume["node_runs"]
@@ -200,8 +214,8 @@ def train_stage(stage: Stage, plan: Plan, tracker: Tracker, run_id: str, artifac
     meta = {"stage": stage.name, "fingerprint": stage.fingerprint, "run_id": run_id, "node_runs": node_runs,
             "final": final, "parent_run_id": parent_run_id or run_id}
     checkpoints = CheckpointHook(state_path, cfg.train.checkpoint_every, meta)
-    hooks = [TrackingHook(tracker, run_id, node_runs, cfg.train.log_every), ConsoleHook(cfg.train.steps, cfg.train.log_every), checkpoints]
-    trainer = Trainer(cfg, executor, optimizer, data, hooks)
+    hooks = [TrackingHook(tracker, run_id, node_runs, cfg.train.log_every), ConsoleHook(cfg.train.steps, cfg.train.log_every)]
+    trainer = Trainer(cfg, executor, optimizer, data, (hooks if world.main else []) + [checkpoints], world, forward)
     status = "FAILED"
     try:
         if resume is not None:
@@ -219,9 +233,19 @@ def train_stage(stage: Stage, plan: Plan, tracker: Tracker, run_id: str, artifac
             final.update(metrics)
         checkpoints.save(trainer, cfg.train.steps)
         modules_path = ckpt_dir / f"{stage.name}.modules.pt"
-        save_modules(modules, prepared, modules_path)
-        tracker.log_artifact(run_id, modules_path, "model")
-        tracker.log_artifact(run_id, state_path, "checkpoints")
+        checksums = parameter_checksums(executor, world)
+        if world.main:
+            save_modules(modules, prepared, modules_path)
+            tracker.log_artifact(run_id, modules_path, "model")
+            tracker.log_artifact(run_id, state_path, "checkpoints")
+            if world.distributed:
+                in_sync = len(set(checksums)) == 1
+                tracker.set_tags(run_id, {"graphssl.world_size": world.size, "graphssl.global_batch": trainer.global_batch,
+                                          "graphssl.ranks_in_sync": str(in_sync).lower(),
+                                          "graphssl.param_checksums": ",".join(f"{c:.10e}" for c in checksums)})
+                if not in_sync:
+                    log(f"warning: the {world.size} processes ended with different parameters: {checksums}")
+        barrier(world)
         status = "FINISHED"
     finally:
         tracker.flush()
@@ -285,18 +309,21 @@ def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = 
     """
     plan = plan_pipeline(path, overrides)
     first = next(iter(plan.stages.values())).prepared
-    device = resolve_device(first.cfg.device)
+    resolve_device(first.cfg.device)  # a clear error when cuda is asked for and missing
+    world, device = setup_world(first.cfg.device)
+    if not world.main:
+        log = lambda *args, **kwargs: None  # noqa: E731 - rank 0 speaks for all
     torch.use_deterministic_algorithms(first.cfg.deterministic)
     for stage in plan.stages.values():
         for w in stage.prepared.warnings:
             log(w.format(plan.source))
     check_plan(plan, device)
 
-    tracker = Tracker(tracking_uri, experiment or "graphssl")
+    tracker = Tracker(tracking_uri, experiment or "graphssl") if world.main else NullTracker()
     with tempfile.TemporaryDirectory() as tmp, GracefulStop() as stop:
         states: dict[str, dict] = {}
         if resume:
-            parent, folder = find_resume_state(resume, tracker, Path(tmp))
+            parent, folder = broadcast(find_resume_state(resume, tracker, Path(tmp)) if world.main else None, world)
             for state_file in folder.glob("*.state.pt"):
                 state = load_checkpoint(state_file)
                 states[state["stage"]] = state
@@ -312,7 +339,7 @@ def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = 
                     **{f"graphssl.uses.{t}": "true" for t in types}}
             if not plan.staged:
                 tags["graphssl.fingerprint"] = next(iter(plan.stages.values())).fingerprint
-            parent = tracker.create_run(run_name or plan.name, tags)
+            parent = broadcast(tracker.create_run(run_name or plan.name, tags), world)
             log(f"run {parent} ({plan.name}) -> {tracker.uri}")
         ckpt_dir = checkpoint_run_dir(parent)
         status = "FAILED"
@@ -325,28 +352,34 @@ def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = 
                     artifacts[name], final = ckpt_dir / f"{name}.modules.pt", state["final"]
                     continue  # finished before the interruption
                 if not plan.staged:
-                    artifacts[name], final = train_stage(stage, plan, tracker, parent, artifacts, ckpt_dir, device, log, state, stop, parent)
+                    artifacts[name], final = train_stage(stage, plan, tracker, parent, artifacts, ckpt_dir, device, log,
+                                                         state, stop, parent, world)
                     continue
-                reusable = None if (force or state) else find_reusable(tracker, stage)
+                reusable = broadcast(None if (force or state or not world.main) else find_reusable(tracker, stage), world)
                 if reusable:
-                    artifacts[name] = Path(tracker.client.download_artifacts(reusable, f"model/{name}.modules.pt", tmp))
+                    ckpt_dir.mkdir(parents=True, exist_ok=True)
+                    if world.main:
+                        tracker.client.download_artifacts(reusable, f"model/{name}.modules.pt", str(ckpt_dir))
+                    barrier(world)
+                    artifacts[name] = ckpt_dir / "model" / f"{name}.modules.pt"
                     log(f"stage {name}: unchanged config and inputs, reusing run {reusable} (use --force to retrain)")
                     stage_run = tracker.create_run(f"{name} (reused)", {"graphssl.stage": name, "graphssl.reused_from": reusable},
                                                    parent=parent)
                     tracker.set_tags(parent, {f"graphssl.stage.{name}.run": reusable})
                     tracker.end_run(stage_run)
-                    final = evaluation_metrics(tracker, reusable, stage)
+                    final = evaluation_metrics(tracker, reusable, stage) if world.main else {}
                     continue
                 if state is not None:
                     stage_run = state["run_id"]
                     tracker.client.update_run(stage_run, "RUNNING")
                 else:
                     log(f"stage {name}: training ({stage.prepared.cfg.train.steps} steps)")
-                    stage_run = tracker.create_run(name, {"graphssl.stage": name, "graphssl.fingerprint": stage.fingerprint,
-                                                          "graphssl.pipeline": plan.name}, parent=parent)
+                    stage_run = broadcast(tracker.create_run(name, {"graphssl.stage": name, "graphssl.fingerprint": stage.fingerprint,
+                                                                    "graphssl.pipeline": plan.name}, parent=parent), world)
                 stage_status = "FAILED"
                 try:
-                    artifacts[name], final = train_stage(stage, plan, tracker, stage_run, artifacts, ckpt_dir, device, log, state, stop, parent)
+                    artifacts[name], final = train_stage(stage, plan, tracker, stage_run, artifacts, ckpt_dir, device, log,
+                                                         state, stop, parent, world)
                     stage_status = "FINISHED"
                 except Stopped:
                     stage_status = "KILLED"
@@ -365,4 +398,5 @@ def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = 
             raise
         finally:
             tracker.end_run(parent, status)
+            teardown()
     return parent

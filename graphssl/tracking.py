@@ -92,3 +92,37 @@ class Tracker:
             for i in range(0, len(metrics), BATCH_LIMIT):
                 self.client.log_batch(run_id, metrics=metrics[i: i + BATCH_LIMIT])
         self._buffers.clear()
+
+
+class NullTracker:
+    """What ranks other than 0 use: every write is a no-op (only rank 0 talks to MLflow)."""
+
+    uri = ""
+    experiment_id = ""
+
+    class _Client:
+        def update_run(self, *args, **kwargs) -> None:
+            pass
+
+    client = _Client()
+
+    def create_run(self, *args, **kwargs) -> str:
+        return ""
+
+    def log_params(self, *args, **kwargs) -> None:
+        pass
+
+    def set_tags(self, *args, **kwargs) -> None:
+        pass
+
+    def log_artifact(self, *args, **kwargs) -> None:
+        pass
+
+    def end_run(self, *args, **kwargs) -> None:
+        pass
+
+    def metric(self, *args, **kwargs) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass

@@ -10,6 +10,7 @@ from torch import nn
 
 from graphssl.component import Component, Progress, has_hook
 from graphssl.config import PipelineConfig
+from graphssl.distributed import World, any_rank, barrier
 from graphssl.executor import Executor
 from graphssl.optim import clip_gradients, set_lr_and_wd
 from graphssl.schedules import scaled_lr, value_at, warmup_cosine_lr
@@ -30,9 +31,12 @@ class Hook(Protocol):
 
 class Trainer:
     def __init__(self, cfg: PipelineConfig, executor: Executor, optimizer: torch.optim.Optimizer, data,
-                 hooks: list = (), world_size: int = 1):
+                 hooks: list = (), world: World = World(), forward: nn.Module | None = None):
         self.cfg = cfg
         self.executor = executor
+        self.world = world
+        self.forward = forward or executor  # DistributedDataParallel(executor) under torchrun
+        world_size = world.size
         self.optimizer = optimizer
         self.data = data
         self.hooks = list(hooks)
@@ -58,12 +62,17 @@ class Trainer:
         return modules[owner].copy_of(target)
 
     def evaluate(self, step: int, suffix: str = "", force: bool = True) -> dict[str, dict[str, float]]:
+        """Run the evaluators that are due (rank 0 evaluates on the whole evaluation set; others wait)."""
         results = {}
-        for name, ev in self.evaluators.items():
-            every = ev.config.every or self.cfg.eval.every
-            if force or (every and (step + 1) % every == 0):
+        due = [(n, ev) for n, ev in self.evaluators.items()
+               if force or ((ev.config.every or self.cfg.eval.every) and (step + 1) % (ev.config.every or self.cfg.eval.every) == 0)]
+        if not due:
+            return results
+        if self.world.main:
+            for name, ev in due:
                 metrics = ev.evaluate(self.resolve, self.data, self.cfg.eval.limit)
                 results[name] = {k + suffix: v for k, v in metrics.items()}
+        barrier(self.world)
         for hook in self.hooks:
             if results and hasattr(hook, "on_eval"):
                 hook.on_eval(self, step, results)
@@ -80,7 +89,7 @@ class Trainer:
         start = time.perf_counter()
         batch = self.data.batch(step)
         with torch.autocast(self.data.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            losses = self.executor(batch)
+            losses = self.forward(batch)
             total = self.executor.total_loss(losses)
         if not torch.isfinite(total):
             raise NonFiniteLoss(step, {f"{n}.{p}": float(v) for (n, p), v in losses.items()})
@@ -113,6 +122,6 @@ class Trainer:
             if step + 1 < self.cfg.train.steps:
                 self.evaluate(step, force=False)
             self.step = step + 1
-            if should_stop() and step + 1 < self.cfg.train.steps:
+            if any_rank(should_stop(), self.world) and step + 1 < self.cfg.train.steps:
                 return False
         return True
