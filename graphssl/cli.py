@@ -1,4 +1,4 @@
-"""graphssl's command line: run, check, components, graph."""
+"""graphssl's command line: run, check, components, graph, compare, schema, new."""
 from __future__ import annotations
 
 import argparse
@@ -33,8 +33,32 @@ def _without_launch_flags(argv: list[str]) -> list[str]:
     return out
 
 
+def pipeline_of_run(run_id: str, tracking_uri: str | None, folder: str) -> str:
+    """The resolved pipeline a run logged (its pipeline.yaml artifact), downloaded into ``folder``."""
+    from mlflow import MlflowClient
+
+    from graphssl.tracking import TrackingError, default_tracking_uri
+
+    try:
+        return MlflowClient(tracking_uri or default_tracking_uri()).download_artifacts(run_id, "pipeline.yaml", folder)
+    except Exception as e:
+        raise TrackingError(f"--from-run {run_id}: cannot get its pipeline.yaml ({type(e).__name__}: {e})") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from graphssl.runner import run
+
+    if args.from_run:
+        import tempfile
+
+        overrides = ([args.pipeline] if args.pipeline else []) + args.overrides
+        with tempfile.TemporaryDirectory() as tmp:
+            args.pipeline, args.overrides = pipeline_of_run(args.from_run, args.tracking_uri, tmp), overrides
+            args.from_run = None
+            return cmd_run(args)
+    if not args.pipeline:
+        print("graphssl run: give a pipeline file, or --from-run RUN_ID", file=sys.stderr)
+        return EXIT_INVALID
 
     if (args.nproc_per_node or 1) * (args.nnodes or 1) > 1 and "WORLD_SIZE" not in os.environ:
         from graphssl.distributed import launch
@@ -81,35 +105,54 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_components(args: argparse.Namespace) -> int:
     from graphssl import registry
+    from graphssl.describe import describe, first_sentence
 
-    if not args.name:
-        for name in registry.names():
-            cls = registry.get(name)
-            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-            print(f"{name:<28} {doc}")
+    names = registry.names()
+    if args.brief:
+        for name in names:
+            print(f"{name:<28} {first_sentence(registry.get(name).__doc__)}")
         return 0
-    cls = registry.get(args.name)
-    if cls is None:
+    chosen = [n for n in names if not args.name or n == args.name or n.startswith(args.name.rstrip(".") + ".")]
+    if not chosen:
         from graphssl.errors import did_you_mean
 
-        print(f"unknown component {args.name!r}{did_you_mean(args.name, registry.names())}", file=sys.stderr)
+        print(f"unknown component {args.name!r}{did_you_mean(args.name, names)}", file=sys.stderr)
         return EXIT_INVALID
-    print(f"{args.name}  ({cls.__module__}.{cls.__qualname__}, role: {cls.role})")
-    print("  " + " ".join((cls.__doc__ or "").split()))
-    if cls.inputs:
-        print("inputs:")
-        for port, decl in cls.inputs.items():
-            opt = " (optional)" if decl.optional else ""
-            print(f"  {port:<14} {decl}{opt}: {decl.doc}")
-    if cls.outputs:
-        print("outputs:")
-        for port, out in cls.outputs.items():
-            print(f"  {port:<14} {out}: {out.doc}")
-    print("parameters:")
-    for field, info in cls.Config.model_fields.items():
-        default = "required" if info.is_required() else f"default {info.get_default(call_default_factory=True)!r}"
-        annotation = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
-        print(f"  {field:<14} {annotation} ({default}){': ' + info.description if info.description else ''}")
+    blocks = ["\n".join(describe(n, registry.get(n), full_doc=len(chosen) == 1)) for n in chosen]
+    print("\n\n".join(blocks))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from graphssl.schema import schema_text
+
+    sys.stdout.write(schema_text())
+    return 0
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from graphssl.scaffold import NewPipelineError, new_pipeline
+
+    try:
+        written = new_pipeline(args.name, args.source)
+    except NewPipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {written} (from {args.source}); edit it, then: graphssl check {written}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from graphssl.compare import CompareError, draw, find_runs, print_table
+
+    try:
+        runs = find_runs(args.tracking_uri, args.experiment, args.run_ids, limit=args.last)
+    except CompareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print_table(runs)
+    if args.output:
+        print(f"wrote {draw(runs, args.output, title=f'experiment {args.experiment}')}")
     return 0
 
 
@@ -135,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=50 data.batch_size=32")
 
     p = sub.add_parser("run", help="train a pipeline, tracked in MLflow")
-    pipeline_args(p)
+    p.add_argument("pipeline", nargs="?", help="a pipeline YAML file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=50 data.batch_size=32")
+    p.add_argument("--from-run", metavar="RUN_ID", help="repeat a logged run from its resolved pipeline (overrides apply on top)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment name (default: graphssl)")
     p.add_argument("--run-name", help="name of the parent run (default: the pipeline's name)")
@@ -151,9 +196,27 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline_args(p)
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("components", help="list components, or show one's parameters and ports")
-    p.add_argument("name", nargs="?")
+    p = sub.add_parser("components", help="components with their ports and parameters (all, one, or a family)")
+    p.add_argument("name", nargs="?", help="a component (mask.block) or a family (mask)")
+    p.add_argument("--brief", action="store_true", help="one line per component")
     p.set_defaults(func=cmd_components)
+
+    p = sub.add_parser("compare", help="compare tracked runs: a table, and a picture of their curves")
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs (ids, id prefixes or run names); default: the newest finished runs")
+    p.add_argument("--experiment", default="graphssl", help="MLflow experiment name (default: graphssl)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--last", type=int, default=10, help="without RUN_IDs: how many of the newest runs (default 10)")
+    p.add_argument("-o", "--output", help="write the picture here (png, svg, pdf)")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of pipeline YAML (graphssl schema > pipeline.schema.json)")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("new", help="copy a shipped pipeline to ./NAME.yaml, to edit")
+    p.add_argument("name", help="the new pipeline's name (or a path ending in .yaml)")
+    p.add_argument("--from", dest="source", required=True, metavar="PIPELINE",
+                   help="a shipped pipeline (mae, ibot, ...) or a pipeline file")
+    p.set_defaults(func=cmd_new)
 
     p = sub.add_parser("graph", help="draw a pipeline's graph")
     pipeline_args(p)
@@ -162,9 +225,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+VALUE_OPTIONS = {"--tracking-uri", "--experiment", "--run-name", "--resume", "--from-run", "--nproc-per-node",
+                 "--nnodes", "--rdzv-endpoint", "--node-rank", "-o", "--output", "--from", "--last"}
+
+
+def positionals_first(argv: list[str]) -> list[str]:
+    """Move the pipeline and key=value overrides before the options, so they may be written in any order."""
+    if not argv:
+        return argv
+    positionals, options, i = [], [], 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg in VALUE_OPTIONS and i + 1 < len(argv):
+            options += [arg, argv[i + 1]]
+            i += 2
+            continue
+        (options if arg.startswith("-") else positionals).append(arg)
+        i += 1
+    return [argv[0], *positionals, *options]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(positionals_first(argv))
     args.argv = argv
     try:
         return args.func(args)
@@ -175,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         from graphssl.checkpoint import CheckpointError
         from graphssl.runner import Stopped
 
-        if isinstance(err, CheckpointError):
+        from graphssl.tracking import TrackingError
+
+        if isinstance(err, (CheckpointError, TrackingError)):
             print(f"error: {err}", file=sys.stderr)
             return EXIT_INVALID
         if isinstance(err, Stopped):

@@ -34,7 +34,7 @@ from graphssl.stages import ModuleLoader, Plan, Stage, plan_pipeline, save_modul
 from graphssl.distributed import World, barrier, broadcast, parameter_checksums, teardown
 from graphssl.distributed import setup as setup_world
 from graphssl.tracking import NullTracker, Tracker, flatten
-from graphssl.train import Trainer
+from graphssl.train import NonFiniteLoss, Trainer
 
 
 @dataclass
@@ -122,9 +122,15 @@ def dry_run(prepared: Prepared, device: torch.device, loader=None, batch_size: i
     try:
         executor.train()
         losses = executor(data.batch(0))
-        executor.total_loss(losses).backward()
+        total = executor.total_loss(losses)
     except NodeError as e:
         raise PipelineError([prepared.loaded.problem(f"nodes.{e.node}", f"dry run: {e}")], prepared.source) from None
+    if not total.requires_grad:
+        names = ", ".join(sorted({n for n, _ in prepared.spec.objective}))
+        raise PipelineError([prepared.loaded.problem("objective", f"dry run: no loss of the objective ({names}) depends on "
+                                                                   "a trainable weight, so there is nothing to train")],
+                            prepared.source)
+    total.backward()
     # DDP must search for parameters without gradients only when there are some
     prepared.unused_parameters = [n for n, p in executor.named_parameters() if p.requires_grad and p.grad is None]
     return executor.trace
@@ -149,6 +155,30 @@ def evaluation_metrics(tracker: Tracker, run_id: str, stage: Stage) -> dict[str,
     names = {node.config.metric + suffix for node in stage.prepared.spec.nodes.values()
              if node.role == "evaluator" for suffix in ("", "_init")}
     return {k: v for k, v in logged.items() if k in names}
+
+
+def provenance(source: str) -> dict[str, str]:
+    """Package versions and the git commit of the pipeline file, so a run can be repeated exactly."""
+    import platform
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    tags = {"graphssl.python": platform.python_version()}
+    for package in ("graphssl", "torch", "timm", "mlflow", "pydantic", "omegaconf", "networkx"):
+        try:
+            tags[f"graphssl.version.{package}"] = version(package)
+        except PackageNotFoundError:
+            pass
+    try:
+        folder = str(Path(source).resolve().parent)
+        commit = subprocess.run(["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if commit.returncode == 0:
+            tags["mlflow.source.git.commit"] = commit.stdout.strip()
+            dirty = subprocess.run(["git", "-C", folder, "status", "--porcelain"], capture_output=True, text=True, timeout=5)
+            tags["graphssl.git_dirty"] = str(bool(dirty.stdout.strip())).lower()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
 
 
 class Stopped(Exception):
@@ -225,7 +255,15 @@ def train_stage(stage: Stage, plan: Plan, tracker: Tracker, run_id: str, artifac
             start = 0
             for metrics in trainer.evaluate(0, suffix="_init").values():
                 final.update(metrics)
-        if not trainer.fit(start, should_stop):
+        try:
+            finished = trainer.fit(start, should_stop)
+        except NonFiniteLoss as e:
+            node, value = next(iter(e.bad.items()))
+            tracker.set_tags(run_id, {"graphssl.failure": "non-finite loss", "graphssl.failure.step": e.step,
+                                      "graphssl.failure.node": node, "graphssl.failure.value": value})
+            kept = f"; the last good checkpoint is {state_path}" if state_path.exists() else ""
+            raise NonFiniteLoss(e.step, e.losses, note=kept) from None
+        if not finished:
             checkpoints.save(trainer, trainer.step)
             status = "KILLED"
             raise Stopped(trainer.step, state_path)
@@ -248,7 +286,9 @@ def train_stage(stage: Stage, plan: Plan, tracker: Tracker, run_id: str, artifac
         barrier(world)
         status = "FINISHED"
     finally:
-        tracker.flush()
+        if not tracker.flush():
+            dumped = tracker.dump_pending(ckpt_dir / "pending_metrics.jsonl")
+            log(f"warning: the tracking store is unreachable; {dumped} holds the metrics it did not receive")
         for node_run in node_runs.values():
             tracker.end_run(node_run, status)
     return modules_path, final
@@ -339,7 +379,12 @@ def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = 
                     **{f"graphssl.uses.{t}": "true" for t in types}}
             if not plan.staged:
                 tags["graphssl.fingerprint"] = next(iter(plan.stages.values())).fingerprint
+            tags.update(provenance(plan.source))
             parent = broadcast(tracker.create_run(run_name or plan.name, tags), world)
+            if plan.staged and world.main:  # the whole resolved file, so the run can be repeated from the UI
+                resolved = Path(tmp) / "pipeline.yaml"
+                resolved.write_text(yaml.safe_dump(plan.loaded.raw, sort_keys=False))
+                tracker.log_artifact(parent, resolved)
             log(f"run {parent} ({plan.name}) -> {tracker.uri}")
         ckpt_dir = checkpoint_run_dir(parent)
         status = "FAILED"

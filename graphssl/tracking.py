@@ -8,6 +8,7 @@ directory, MLflow 3's own default; ``MLFLOW_TRACKING_URI`` or
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -15,6 +16,10 @@ from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Fail fast when a tracking server is away (the defaults retry for minutes); graphssl keeps the metrics itself.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 MAX_PARAM_CHARS = 6000
 BATCH_LIMIT = 1000
@@ -53,8 +58,11 @@ class Tracker:
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
         except Exception as e:
-            raise TrackingError(f"cannot use the MLflow tracking store {self.uri}: {e}") from None
+            reason = "connection refused: is the tracking server running?" if "refused" in str(e) else str(e).splitlines()[0]
+            raise TrackingError(f"cannot use the MLflow tracking store {self.uri}: {reason}") from None
         self._buffers: dict[str, list] = {}
+        self.unreachable_since = 0.0
+        self.warn = lambda message: print(message, flush=True)
 
     # -- runs ---------------------------------------------------------------
     def create_run(self, name: str, tags: dict[str, str], parent: str | None = None) -> str:
@@ -76,10 +84,10 @@ class Tracker:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path)
+        self.safely(f"log the artifact {path} (it stays on disk)", self.client.log_artifact, run_id, str(path), artifact_path)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status)
+        self.safely(f"mark run {run_id} {status}", self.client.set_terminated, run_id, status)
 
     # -- metrics --------------------------------------------------------------
     def metric(self, run_id: str, key: str, value: float, step: int) -> None:
@@ -87,11 +95,50 @@ class Tracker:
 
         self._buffers.setdefault(run_id, []).append(Metric(key, float(value), int(time.time() * 1000), step))
 
-    def flush(self) -> None:
-        for run_id, metrics in self._buffers.items():
-            for i in range(0, len(metrics), BATCH_LIMIT):
-                self.client.log_batch(run_id, metrics=metrics[i: i + BATCH_LIMIT])
+    def flush(self) -> bool:
+        """Write the buffered metrics. If the store cannot be reached they stay buffered
+        (and are retried at the next flush); returns whether everything was written."""
+        for run_id in list(self._buffers):
+            metrics = self._buffers[run_id]
+            while metrics:
+                try:
+                    self.client.log_batch(run_id, metrics=metrics[:BATCH_LIMIT])
+                except Exception as e:
+                    if not self.unreachable_since:
+                        self.unreachable_since = time.time()
+                        self.warn(f"warning: the tracking store {self.uri} cannot be reached ({type(e).__name__}); "
+                                  "training goes on and metrics are kept until it returns")
+                    return False
+                del metrics[:BATCH_LIMIT]
+            del self._buffers[run_id]
+        if self.unreachable_since:
+            self.warn(f"the tracking store is back after {time.time() - self.unreachable_since:.0f}s; buffered metrics delivered")
+            self.unreachable_since = 0.0
+        return True
+
+    def pending(self) -> int:
+        return sum(len(m) for m in self._buffers.values())
+
+    def dump_pending(self, path: Path) -> Path | None:
+        """Write metrics that could not be delivered to a JSON-lines file (never drop them silently)."""
+        if not self.pending():
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            for run_id, metrics in self._buffers.items():
+                for m in metrics:
+                    f.write(json.dumps({"run_id": run_id, "key": m.key, "value": m.value, "step": m.step,
+                                        "timestamp": m.timestamp}) + "\n")
         self._buffers.clear()
+        return path
+
+    def safely(self, what: str, fn, *args, **kwargs):
+        """Call a tracking write that must not stop training (ending runs, tags) and warn if it fails."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            self.warn(f"warning: could not {what} in the tracking store ({type(e).__name__}: {e})")
+            return None
 
 
 class NullTracker:
@@ -124,5 +171,14 @@ class NullTracker:
     def metric(self, *args, **kwargs) -> None:
         pass
 
-    def flush(self) -> None:
-        pass
+    def flush(self) -> bool:
+        return True
+
+    def pending(self) -> int:
+        return 0
+
+    def dump_pending(self, path: Path) -> None:
+        return None
+
+    def safely(self, what: str, fn, *args, **kwargs):
+        return None

@@ -17,11 +17,13 @@ from graphssl.schedules import scaled_lr, value_at, warmup_cosine_lr
 
 
 class NonFiniteLoss(Exception):
-    def __init__(self, step: int, losses: dict[str, float]):
+    """A loss became NaN or infinite: the run stops (the last good checkpoint is kept)."""
+
+    def __init__(self, step: int, losses: dict[str, float], note: str = ""):
         self.step = step
         self.losses = losses
-        bad = {k: v for k, v in losses.items() if not math.isfinite(v)} or losses
-        super().__init__(f"non-finite loss at step {step}: " + ", ".join(f"{k}={v}" for k, v in bad.items()))
+        self.bad = {k: v for k, v in losses.items() if not math.isfinite(v)} or losses
+        super().__init__(f"non-finite loss at step {step}: " + ", ".join(f"{k}={v}" for k, v in self.bad.items()) + note)
 
 
 class Hook(Protocol):
@@ -92,7 +94,7 @@ class Trainer:
             losses = self.forward(batch)
             total = self.executor.total_loss(losses)
         if not torch.isfinite(total):
-            raise NonFiniteLoss(step, {f"{n}.{p}": float(v) for (n, p), v in losses.items()})
+            raise NonFiniteLoss(step, {n if p == "loss" else f"{n}.{p}": float(v) for (n, p), v in losses.items()})
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if cfg.clip_grad is not None:
