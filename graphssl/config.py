@@ -52,6 +52,7 @@ class TrainConfig(Strict):
     checkpoint_every: Optional[int] = Field(None, ge=1, description="steps between resumable checkpoints (also at the end)")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the forward pass")
     compile: bool = Field(False, description="torch.compile every module (first steps are slow)")
+    fsdp: bool = Field(False, description="shard parameters with FSDP2 (fully_shard) instead of DDP, under torchrun")
 
 
 class EvalConfig(Strict):
@@ -179,6 +180,16 @@ def _override_known(raw: dict[str, Any], key: str) -> tuple[bool, list[str]]:
     return True, []
 
 
+def _first_missing(raw: dict[str, Any], key: str) -> str:
+    """The first part of a dotted key that the file does not have (the one to suggest a fix for)."""
+    node: Any = raw
+    for part in key.split("."):
+        if not (isinstance(node, dict) and part in node):
+            return part
+        node = node[part]
+    return key.split(".")[-1]
+
+
 class LoadedPipeline:
     """A pipeline file after YAML parsing, overrides and interpolation.
 
@@ -225,17 +236,17 @@ def load_yaml(path: str | Path, overrides: list[str] = ()) -> LoadedPipeline:
     duplicates: list[Problem] = []
     lines = yaml_lines(text, duplicates)
     if duplicates:
-        raise PipelineError(duplicates, source)
+        raise PipelineError(sorted(duplicates, key=lambda p: p.line or 0), source)
     problems: list[Problem] = []
     dotlist = []
     for item in overrides:
         key, sep, _ = item.partition("=")
         if not sep or not key:
-            problems.append(Problem(f"override {item!r}", "overrides are written key=value, e.g. train.steps=50"))
+            problems.append(Problem(item or "override", f"override {item!r}: overrides are written key=value, e.g. train.steps=50"))
             continue
         known, candidates = _override_known(data, key)
         if not known:
-            hint = did_you_mean(key.split(".")[-1], candidates)
+            hint = did_you_mean(_first_missing(data, key), candidates)
             problems.append(Problem(key, f"override of a key that does not exist{hint}"))
             continue
         dotlist.append(item)
@@ -256,7 +267,7 @@ def validate_sections(loaded: LoadedPipeline) -> tuple[PipelineConfig | None, li
     try:
         return PipelineConfig.model_validate(loaded.raw), []
     except ValidationError as e:
-        return None, [loaded.problem(*pydantic_problem(err, model=PipelineConfig)) for err in e.errors()]
+        return None, [loaded.problem(path, msg) for path, msg in pydantic_problems(e, model=PipelineConfig)]
 
 
 def fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
@@ -283,23 +294,50 @@ def fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
     return list(model.model_fields)
 
 
+SCALAR_TYPE_ERRORS = {"float_type", "float_parsing", "int_type", "int_parsing", "string_type", "bool_type", "bool_parsing"}
+MAPPING_TYPE_ERRORS = {"model_type", "dict_type", "model_attributes_type"}
+
+
+def pydantic_problems(error: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> list[tuple[str, str]]:
+    """(dotted path, message) for every error of a ValidationError, less the noise of union branches.
+
+    A value such as ``float | Schedule`` fails in every branch; a mapping is
+    clearly meant for the Schedule and a number for the float, so the other
+    branch's "wrong type" error is dropped where the field has other errors.
+    """
+    items = [(pydantic_problem(err, prefix, model), err) for err in error.errors()]
+    out = []
+    for (path, msg), err in items:
+        kind, value = err.get("type", ""), err.get("input")
+        other_branch = kind in (SCALAR_TYPE_ERRORS if isinstance(value, dict) else MAPPING_TYPE_ERRORS)
+        if other_branch and any(o is not err and (p == path or p.startswith(path + ".")) for (p, _), o in items):
+            continue
+        out.append((path, msg))
+    return out
+
+
 def pydantic_problem(err: dict[str, Any], prefix: str = "", model: type[BaseModel] | None = None) -> tuple[str, str]:
     """(dotted path, message) from one pydantic error; ``model`` (the validated schema) adds did-you-mean hints."""
     loc = [str(x) for x in err["loc"] if not str(x).startswith(("function-", "tagged-union"))]
     # Union members (float | Schedule) add their type name to the path; drop it.
     loc = [x for x in loc if x not in ("float", "Schedule", "int", "str", "list[float]", "tuple[float, float]")]
+    is_key = "[key]" in loc  # the error is about a mapping key, not its value
+    loc = [x for x in loc if x != "[key]"]
     path = ".".join(([prefix] if prefix else []) + loc)
     kind = err.get("type", "")
+    if is_key:
+        return path, f"a key here must be a word: {err['msg']} (got {err.get('input')!r})"
     if kind == "extra_forbidden":
         hint = did_you_mean(loc[-1], fields_at(model, loc[:-1])) if model is not None and loc else ""
         return path, f"unknown key{hint}"
     if kind == "missing":
         return path, "required key is missing"
     value = err.get("input")
-    shown = repr(value) if not isinstance(value, dict) else "a mapping"
     msg = err["msg"]
     if kind == "value_error":  # a validator's own message: drop pydantic's prefix, keep its "got"
         msg = msg.removeprefix("Value error, ")
         if "got" in msg:
             return path, msg
-    return path, f"{msg} (got {shown})"
+    if isinstance(value, dict):  # a whole mapping (a model validator): the message says what is wrong
+        return path, msg
+    return path, f"{msg} (got {value!r})"

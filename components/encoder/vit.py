@@ -17,6 +17,7 @@ import timm
 import torch
 from pydantic import Field
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from graphssl.component import BuildContext, Component, ComponentConfig, In, Out
 from graphssl.ops.patches import sincos_2d
@@ -42,6 +43,8 @@ class ViTEncoder(Component):
         mask_mode: Literal["replace", "drop"] = "replace"
         pretrained: bool = Field(False, description="load timm's pretrained weights (needs them reachable)")
         checkpoint: Optional[str] = Field(None, description="a local state-dict file to load")
+        grad_checkpointing: bool = Field(False, description="recompute each block in backward (activation "
+                                                            "checkpointing): less memory, about a third more compute")
 
     inputs = {
         "images": In(IMAGES, "images, possibly with leading view dims"),
@@ -97,11 +100,19 @@ class ViTEncoder(Component):
             patches = x[:, 1:][visible].reshape(b, int(counts[0]), d)
             x = torch.cat([x[:, :1], patches], dim=1)
         x = self.vit.norm_pre(x)
-        x = self.vit.blocks(x)
+        if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
+            for block in self.vit.blocks:
+                x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = self.vit.blocks(x)
         x = self.vit.norm(x)
         prefix = self.vit.num_prefix_tokens
         cls, tokens = x[:, 0], x[:, prefix:]
         return {"cls": cls.reshape(*lead, d), "patches": tokens.reshape(*lead, tokens.shape[1], d)}
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """Submodules sharded one by one under FSDP2 (each transformer block)."""
+        return list(self.vit.blocks)
 
     # -- for optimisers (layer-wise lr decay) ------------------------------
     def num_layers(self) -> int:
