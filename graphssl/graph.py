@@ -14,10 +14,10 @@ import networkx as nx
 from pydantic import ValidationError
 
 from graphssl import registry
-from graphssl.component import Component, ComponentConfig, Out
-from graphssl.config import LoadedPipeline, pydantic_problem
+from graphssl.component import Component, ComponentConfig, In, Out
+from graphssl.config import LoadedPipeline, pydantic_problems
 from graphssl.errors import Problem, did_you_mean
-from graphssl.ports import IMAGES, LOSS
+from graphssl.ports import IMAGES, LOSS, PortType
 
 SOURCE = "batch"
 SOURCE_OUTPUTS = {"images": Out(IMAGES, "training images: resized, channel-replicated, normalised")}
@@ -68,6 +68,42 @@ def _parse_ref(value: Any) -> Ref | None:
     return None
 
 
+def port_mismatch(src: str, out_type: PortType, dst: str, decl: In) -> str:
+    """The message for an edge whose ends disagree: both ends named; a rank difference is said so."""
+    def rank(t: PortType) -> int:
+        return len(t.dims) + int(t.batched)
+
+    if all(rank(t) != rank(out_type) and t.dtype == out_type.dtype and t.batched == out_type.batched for t in decl.types):
+        n_in = " or ".join(sorted({str(len(t.dims)) for t in decl.types}))
+        return (f"port rank mismatch: {src} gives {out_type} ({len(out_type.dims)} trailing dim{'s' * (len(out_type.dims) != 1)}), "
+                f"but {dst} expects {decl} ({n_in} trailing dim{'s' * (n_in != '1')})")
+    return f"port type mismatch: {src} gives {out_type}, but {dst} expects {decl}"
+
+
+def cycles_of(graph: nx.DiGraph, rank: dict[str, int]) -> list[list[str]]:
+    """One shortest cycle per strongly connected group of nodes, starting at its member first in the file.
+
+    Deterministic (nx.simple_cycles is not, across hash seeds), and bounded: a
+    group with many cycles is reported once.
+    """
+    def key(n: str) -> int:
+        return rank.get(n, len(rank))
+
+    found = []
+    for group in nx.strongly_connected_components(graph):
+        start = min(group, key=key)
+        if len(group) == 1 and not graph.has_edge(start, start):
+            continue
+        sub = graph.subgraph(group)
+        best: list[str] | None = None
+        for succ in sorted(sub.successors(start), key=key):
+            cycle = [start] if succ == start else [start] + nx.shortest_path(sub, succ, start)[:-1]
+            if best is None or len(cycle) < len(best):
+                best = cycle
+        found.append(best)
+    return sorted(found, key=lambda c: key(c[0]))
+
+
 def owner_provides(spec: NodeSpec) -> list[str]:
     """Names of the modules an owner node (e.g. teacher.ema) holds copies of."""
     provides = getattr(spec.cls, "provides", None)
@@ -92,6 +128,11 @@ def build_graph(loaded: LoadedPipeline, nodes: dict[str, dict[str, Any]], object
         if not isinstance(body, dict):
             problems.append(P(path, f"a node is a mapping with type: or call:, got {body!r}"))
             continue
+        if name == SOURCE:
+            continue  # reported above
+        if not isinstance(name, str):
+            problems.append(P(path, f"a node name is a word, got {name!r}"))
+            continue
         if "." in name:
             problems.append(P(path, "node names cannot contain '.' (it separates node and port)"))
             continue
@@ -103,7 +144,10 @@ def build_graph(loaded: LoadedPipeline, nodes: dict[str, dict[str, Any]], object
             bodies[name] = body
             continue
         type_name = body["type"]
-        cls = registry.get(type_name) if isinstance(type_name, str) else None
+        if not isinstance(type_name, str):
+            problems.append(P(f"{path}.type", f"type: names a component (e.g. mask.random), got {type_name!r}"))
+            continue
+        cls = registry.get(type_name)
         if cls is None:
             problems.append(P(f"{path}.type", f"unknown component {type_name!r}{did_you_mean(str(type_name), all_types)}"))
             continue
@@ -117,14 +161,16 @@ def build_graph(loaded: LoadedPipeline, nodes: dict[str, dict[str, Any]], object
                 params[key] = value
             else:
                 choices = list(cls.inputs) + list(cls.Config.model_fields)
-                problems.append(P(f"{path}.{key}", f"unknown parameter or input of {type_name}{did_you_mean(key, choices)}"))
+                problems.append(P(f"{path}.{key}", f"unknown parameter or input of {type_name}{did_you_mean(str(key), choices)}"))
                 bad = True
         try:
             config = cls.Config.model_validate(params)
         except ValidationError as e:
-            for err in e.errors():
-                p, msg = pydantic_problem(err, path)
+            for p, msg in pydantic_problems(e, path, model=cls.Config):
                 problems.append(P(p, msg))
+            continue
+        except Exception as e:  # a validator that raised something else than ValueError
+            problems.append(P(path, f"invalid parameters for {type_name}: {type(e).__name__}: {e}"))
             continue
         if not bad:
             specs[name] = NodeSpec(name, cls, config)
@@ -148,6 +194,14 @@ def build_graph(loaded: LoadedPipeline, nodes: dict[str, dict[str, Any]], object
         base = base or copies.get(str(target))
         if base is None and str(target).split(".")[0] in nodes and str(target).split(".")[0] not in specs:
             continue  # the called node is invalid: reported above
+        owner, _, module = str(target).partition(".")
+        if base is None and owner in specs and specs[owner].role == "owner":
+            held = owner_provides(specs[owner])
+            if module in held or (module in specs and any(m not in specs for m in held)):
+                continue  # the module, or the owner's list of modules, is invalid: reported there
+            problems.append(P(f"{path}.call", f"{owner!r} holds no copy of {module!r} (it copies: {', '.join(held)})"
+                                              f"{did_you_mean(module, held)}"))
+            continue
         if base is None:
             callable_names = [n for n, s in specs.items() if s.role == "step"] + list(copies)
             problems.append(P(f"{path}.call", f"cannot call {target!r}: no such node or module copy{did_you_mean(str(target), callable_names)}"))
@@ -163,7 +217,7 @@ def build_graph(loaded: LoadedPipeline, nodes: dict[str, dict[str, Any]], object
                 inputs[key] = value
             else:
                 problems.append(P(f"{path}.{key}", f"a call node takes only inputs of {base.type_name} "
-                                                   f"({', '.join(base.cls.inputs)}){did_you_mean(key, base.cls.inputs)}; "
+                                                   f"({', '.join(base.cls.inputs)}){did_you_mean(str(key), base.cls.inputs)}; "
                                                    "parameters belong to the called node"))
         specs[name] = NodeSpec(name, base.cls, None, call=str(target))
 
@@ -178,7 +232,7 @@ def build_graph(loaded: LoadedPipeline, nodes: dict[str, dict[str, Any]], object
             path = f"nodes.{name}.{port}"
             if port not in body:
                 if not decl.optional:
-                    problems.append(P(f"nodes.{name}", f"missing required input {port!r} ({decl}): {decl.doc}"))
+                    problems.append(P(path, f"missing required input {port!r} ({decl}): {decl.doc}"))
                 continue
             value = body[port]
             raw_refs = value if isinstance(value, list) else [value]
@@ -207,8 +261,7 @@ def build_graph(loaded: LoadedPipeline, nodes: dict[str, dict[str, Any]], object
                     continue
                 out_type = outs[src_port].type
                 if out_type not in decl.types:
-                    problems.append(P(path, f"port type mismatch: {src}.{src_port} gives {out_type}, "
-                                            f"but {name}.{port} expects {decl}"))
+                    problems.append(P(path, port_mismatch(f"{src}.{src_port}", out_type, f"{name}.{port}", decl)))
                     continue
                 refs.append(ref)
                 graph.add_edge(src, name, ports=graph.get_edge_data(src, name, {}).get("ports", []) + [(src_port, port)])
@@ -251,13 +304,14 @@ def build_graph(loaded: LoadedPipeline, nodes: dict[str, dict[str, Any]], object
     try:
         order = [n for n in nx.topological_sort(graph) if n != SOURCE]
     except nx.NetworkXUnfeasible:
-        for cycle in nx.simple_cycles(graph):
+        for cycle in cycles_of(graph, {n: i for i, n in enumerate(nodes)}):
             problems.append(P(f"nodes.{cycle[0]}", "cycle in the graph: " + " -> ".join(cycle + [cycle[0]])))
-            break
 
     # 6. Objective: weighted loss outputs.
     weights: dict[Ref, float] = {}
     for key, weight in objective.items():
+        if not isinstance(key, str):
+            continue  # the section schema reports it
         node, _, port = key.partition(".")
         path = f"objective.{key}"
         if node in nodes and node not in specs:
@@ -270,7 +324,10 @@ def build_graph(loaded: LoadedPipeline, nodes: dict[str, dict[str, Any]], object
         if port not in loss_ports:
             problems.append(P(path, f"{node!r} ({specs[node].type_name}) is not a loss node: the objective weights outputs of type {LOSS}"))
             continue
-        weights[(node, port)] = float(weight)
+        try:
+            weights[(node, port)] = float(weight)
+        except (TypeError, ValueError):
+            problems.append(P(path, f"a loss weight is a number, got {weight!r}"))
     if not problems and not weights:
         problems.append(P("objective", "the objective names no loss node, so there is nothing to train"))
     for name in step_nodes:

@@ -31,6 +31,22 @@ class Schedule(BaseModel):
 Scheduled = Union[float, Schedule]
 
 
+def check_range(value: Scheduled, ge: float | None = None, gt: float | None = None, le: float | None = None,
+                lt: float | None = None) -> Scheduled:
+    """``value`` unchanged, or ValueError unless the number (a schedule: its start and end) lies in range.
+
+    For pydantic validators of scheduled parameters: EMA momentum in [0, 1], temperatures > 0.
+    """
+    points = [("start", value.start), ("end", value.end)] if isinstance(value, Schedule) else [("", value)]
+    checks = ((ge, ">=", lambda x, b: x >= b), (gt, ">", lambda x, b: x > b),
+              (le, "<=", lambda x, b: x <= b), (lt, "<", lambda x, b: x < b))
+    for which, x in points:
+        for bound, sign, ok in checks:
+            if bound is not None and not ok(x, bound):
+                raise ValueError(f"{'the schedule ' + which + ' ' if which else ''}must be {sign} {bound}, got {x}")
+    return value
+
+
 def cosine_ramp(start: float, end: float, t: float) -> float:
     """end - (end - start) * (cos(pi t) + 1) / 2; start at t=0, end at t=1."""
     t = min(max(t, 0.0), 1.0)

@@ -25,7 +25,7 @@ from torch import nn
 import graphssl
 from graphssl import registry
 from graphssl.component import BuildContext
-from graphssl.config import LoadedPipeline, StagedPipelineConfig, load_yaml, pydantic_problem
+from graphssl.config import LoadedPipeline, StagedPipelineConfig, load_yaml, pydantic_problems
 from graphssl.errors import PipelineError, Problem, did_you_mean
 
 SECTIONS = ("data", "train", "eval")
@@ -96,7 +96,7 @@ def plan_pipeline(path: str | Path, overrides: list[str] = ()) -> Plan:
     try:
         cfg = StagedPipelineConfig.model_validate({k: v for k, v in raw.items() if k not in ("nodes", "objective")})
     except ValidationError as e:
-        problems += [loaded.problem(*pydantic_problem(err)) for err in e.errors()]
+        problems += [loaded.problem(*item) for item in pydantic_problems(e, model=StagedPipelineConfig)]
         raise PipelineError(problems, loaded.path) from None
 
     deps = nx.DiGraph()

@@ -73,7 +73,13 @@ class ViTEncoder(Component):
             self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
             nn.init.trunc_normal_(self.mask_token, std=0.02)
         if config.checkpoint:
-            state = torch.load(config.checkpoint, map_location="cpu", weights_only=True)
+            try:
+                state = torch.load(config.checkpoint, map_location="cpu", weights_only=True)
+            except FileNotFoundError:
+                raise ValueError(f"checkpoint {config.checkpoint} does not exist") from None
+            except Exception as e:
+                raise ValueError(f"cannot read checkpoint {config.checkpoint}: not a state-dict file "
+                                 f"({type(e).__name__}: {e or 'empty or truncated'})") from None
             self.load_state_dict(state.get("state_dict", state))
 
     @property

@@ -21,7 +21,7 @@ from torch import nn
 
 from graphssl.component import BuildContext, Component, ComponentConfig, Progress
 from graphssl.registry import register
-from graphssl.schedules import Schedule, Scheduled, value_at
+from graphssl.schedules import Schedule, Scheduled, check_range, value_at
 
 
 @torch.no_grad()
@@ -45,6 +45,11 @@ class EMATeacher(Component):
         of: list[str] = Field(description="node names of the student modules to copy, e.g. [student, head]")
         momentum: Scheduled = Field(Schedule(start=0.996, end=1.0, shape="cosine"),
                                     description="EMA momentum m (DINO/iBOT cosine 0.996 -> 1; DINOv2 0.992 -> 1)")
+
+        @field_validator("momentum")
+        @classmethod
+        def _momentum_in_unit_range(cls, v: Scheduled) -> Scheduled:
+            return check_range(v, ge=0.0, le=1.0)
 
         @field_validator("of")
         @classmethod
