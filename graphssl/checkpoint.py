@@ -81,8 +81,7 @@ def gathered_rng(world) -> list[dict[str, Any]]:
 
 def restore(trainer, state: dict[str, Any]) -> int:
     """Load a training state into a freshly built trainer; returns the step to continue from."""
-    trainer.executor.load_state_dict(state["modules"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
+    load_full_state(trainer, state["modules"], state["optimizer"])
     ranks = state["rng"]
     if len(ranks) != trainer.world.size:
         raise CheckpointError(f"the checkpoint was written by {len(ranks)} processes; resume it with as many")
@@ -98,12 +97,33 @@ class CheckpointHook:
 
     def save(self, trainer, next_step: int) -> Path:
         rng = gathered_rng(trainer.world)
+        modules, optimizer = full_state(trainer)
         if trainer.world.main:
-            state = {"step": next_step, "modules": trainer.executor.state_dict(),
-                     "optimizer": trainer.optimizer.state_dict(), "rng": rng, **self.meta}
+            state = {"step": next_step, "modules": modules, "optimizer": optimizer, "rng": rng, **self.meta}
             save_atomic(state, self.path)
         return self.path
 
     def on_step_end(self, trainer, step: int, metrics: dict) -> None:
         if self.every and (step + 1) % self.every == 0 and step + 1 < trainer.cfg.train.steps:
             self.save(trainer, step + 1)
+
+
+def full_state(trainer) -> tuple[dict, dict]:
+    """Module and optimiser state as whole tensors (gathered from every rank when FSDP shards them)."""
+    if not trainer.cfg.train.fsdp or not trainer.world.distributed:
+        return trainer.executor.state_dict(), trainer.optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_state_dict(trainer.executor, trainer.optimizer, options=options)
+
+
+def load_full_state(trainer, modules: dict, optimizer: dict) -> None:
+    if not trainer.cfg.train.fsdp or not trainer.world.distributed:
+        trainer.executor.load_state_dict(modules)
+        trainer.optimizer.load_state_dict(optimizer)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    set_state_dict(trainer.executor, trainer.optimizer, model_state_dict=modules, optim_state_dict=optimizer,
+                   options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))

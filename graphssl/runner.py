@@ -19,7 +19,7 @@ from torch import nn
 
 import signal
 
-from graphssl.checkpoint import CheckpointError, CheckpointHook, restore
+from graphssl.checkpoint import CheckpointError, CheckpointHook, full_state, restore
 from graphssl.checkpoint import load as load_checkpoint
 from graphssl.checkpoint import run_dir as checkpoint_run_dir
 from graphssl.component import BuildContext
@@ -212,7 +212,10 @@ def train_stage(stage: Stage, plan: Plan, tracker: Tracker, run_id: str, artifac
     executor = Executor(prepared.spec, modules)
     optimizer = build_optimizer(modules, cfg.train, device)
     forward = None
-    if world.distributed:
+    if world.distributed and cfg.train.fsdp:
+        shard_modules(prepared, modules)
+        optimizer = build_optimizer(modules, cfg.train, device)  # over the sharded parameters
+    elif world.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         forward = DistributedDataParallel(executor, device_ids=[device.index] if device.type == "cuda" else None,
@@ -271,12 +274,14 @@ def train_stage(stage: Stage, plan: Plan, tracker: Tracker, run_id: str, artifac
             final.update(metrics)
         checkpoints.save(trainer, cfg.train.steps)
         modules_path = ckpt_dir / f"{stage.name}.modules.pt"
-        checksums = parameter_checksums(executor, world)
+        sharded = cfg.train.fsdp and world.distributed
+        checksums = [] if sharded else parameter_checksums(executor, world)  # shards differ by design
+        states = full_state(trainer)[0] if sharded else None
         if world.main:
-            save_modules(modules, prepared, modules_path)
+            save_modules(modules, prepared, modules_path, states)
             tracker.log_artifact(run_id, modules_path, "model")
             tracker.log_artifact(run_id, state_path, "checkpoints")
-            if world.distributed:
+            if world.distributed and checksums:
                 in_sync = len(set(checksums)) == 1
                 tracker.set_tags(run_id, {"graphssl.world_size": world.size, "graphssl.global_batch": trainer.global_batch,
                                           "graphssl.ranks_in_sync": str(in_sync).lower(),
@@ -292,6 +297,23 @@ def train_stage(stage: Stage, plan: Plan, tracker: Tracker, run_id: str, artifac
         for node_run in node_runs.values():
             tracker.end_run(node_run, status)
     return modules_path, final
+
+
+def shard_modules(prepared: Prepared, modules: dict[str, nn.Module]) -> None:
+    """FSDP2: shard each module's ``fsdp_units()`` (encoder blocks), then the module itself."""
+    from torch.distributed.fsdp import fully_shard
+
+    owners = [n for n, node in prepared.spec.nodes.items() if node.role == "owner"]
+    if owners:
+        raise PipelineError([prepared.loaded.problem("train.fsdp", f"FSDP2 sharding does not support modules that keep copies "
+                                                                   f"of others yet ({', '.join(owners)}); use DDP (train.fsdp=false)")],
+                            prepared.source)
+    for module in modules.values():
+        if not any(p.requires_grad for p in module.parameters()):
+            continue
+        for unit in getattr(module, "fsdp_units", lambda: [])():
+            fully_shard(unit)
+        fully_shard(module)
 
 
 class GracefulStop:
@@ -403,10 +425,11 @@ def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = 
                 reusable = broadcast(None if (force or state or not world.main) else find_reusable(tracker, stage), world)
                 if reusable:
                     ckpt_dir.mkdir(parents=True, exist_ok=True)
-                    if world.main:
-                        tracker.client.download_artifacts(reusable, f"model/{name}.modules.pt", str(ckpt_dir))
+                    downloaded = None
+                    if world.main:  # where MLflow puts a single file depends on the artifact store: use its answer
+                        downloaded = tracker.client.download_artifacts(reusable, f"model/{name}.modules.pt", str(ckpt_dir))
                     barrier(world)
-                    artifacts[name] = ckpt_dir / "model" / f"{name}.modules.pt"
+                    artifacts[name] = Path(broadcast(downloaded, world))
                     log(f"stage {name}: unchanged config and inputs, reusing run {reusable} (use --force to retrain)")
                     stage_run = tracker.create_run(f"{name} (reused)", {"graphssl.stage": name, "graphssl.reused_from": reusable},
                                                    parent=parent)

@@ -137,12 +137,20 @@ def plan_pipeline(path: str | Path, overrides: list[str] = ()) -> Plan:
 
 # ----------------------------------------------------------------------------- module loading
 
-def save_modules(modules: dict[str, nn.Module], prepared, path: Path) -> None:
-    """Every node's type, config and weights (an owner's copies too, as OWNER.NODE); written atomically."""
+def save_modules(modules: dict[str, nn.Module], prepared, path: Path, executor_state: dict | None = None) -> None:
+    """Every node's type, config and weights (an owner's copies too, as OWNER.NODE); written atomically.
+
+    ``executor_state``: the executor's full state dict, when the modules are sharded (FSDP).
+    """
     entries = {}
     for name, module in modules.items():
         node = prepared.spec.nodes[name]
-        entries[name] = {"type": node.type_name, "config": node.config.model_dump(mode="json"), "state_dict": module.state_dict()}
+        if executor_state is None:
+            weights = module.state_dict()
+        else:
+            prefix = f"nodes.{name}."
+            weights = {k[len(prefix):]: v for k, v in executor_state.items() if k.startswith(prefix)}
+        entries[name] = {"type": node.type_name, "config": node.config.model_dump(mode="json"), "state_dict": weights}
         if node.role == "owner":
             for target in node.cls.provides(node.config):
                 base = prepared.spec.nodes[target]

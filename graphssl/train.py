@@ -70,11 +70,14 @@ class Trainer:
                if force or ((ev.config.every or self.cfg.eval.every) and (step + 1) % (ev.config.every or self.cfg.eval.every) == 0)]
         if not due:
             return results
-        if self.world.main:
+        # Sharded (FSDP) modules need every rank in their forward; otherwise rank 0 evaluates alone.
+        if self.world.main or self.cfg.train.fsdp:
             for name, ev in due:
                 metrics = ev.evaluate(self.resolve, self.data, self.cfg.eval.limit)
                 results[name] = {k + suffix: v for k, v in metrics.items()}
         barrier(self.world)
+        if not self.world.main:
+            results = {}
         for hook in self.hooks:
             if results and hasattr(hook, "on_eval"):
                 hook.on_eval(self, step, results)

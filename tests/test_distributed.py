@@ -44,3 +44,20 @@ def test_two_process_gloo_run_matches_single_process(workdir):
     for x, y in zip(ddp_curve, single_curve):
         assert x == pytest.approx(y, rel=0.15)
     assert client.get_run(ddp.info.run_id).data.params["data.batch_size"] == "8"
+
+
+@pytest.mark.slow
+def test_fsdp2_sharded_run_with_activation_checkpointing(workdir):
+    from graphssl.stages import load_checkpoint_module
+
+    result = subprocess.run(graphssl_cmd("run", str(PIPELINES / "mae.yaml"), *TINY, "data.batch_size=8", "train.fsdp=true",
+                                         "nodes.encoder.grad_checkpointing=true", "--nproc-per-node", "2"),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (run,) = parent_runs(client)
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    # the gathered (unsharded) weights load into a single process
+    encoder = load_checkpoint_module(workdir / "checkpoints" / run.info.run_id / "mae.modules.pt", "encoder", "cpu")
+    assert sum(p.numel() for p in encoder.parameters()) > 0
