@@ -25,7 +25,7 @@ import torch
 
 from graphssl.hooks import TrackingHook
 from graphssl.optim import build_optimizer, clip_gradients, set_lr_and_wd
-from graphssl.runner import build_modules, load_data, make_context, prepare, seed_everything
+from graphssl.build import build_modules, load_data, make_context, prepare, seed_everything
 from graphssl.executor import Executor
 from graphssl.schedules import value_at, warmup_cosine_lr
 from graphssl.component import Progress

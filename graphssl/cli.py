@@ -76,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from graphssl.runner import check_plan, resolve_device
+    from graphssl.build import check_plan, resolve_device
     from graphssl.stages import plan_pipeline
 
     plan = plan_pipeline(args.pipeline, args.overrides)

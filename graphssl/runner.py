@@ -1,144 +1,33 @@
-"""From a pipeline file to a finished, tracked run.
+"""From a pipeline file to a finished, tracked run: every stage trained (or reused),
+checkpointed, resumable, under one or several processes.
 
-prepare_loaded(): validate every section and the graph (no tensors);
-build_modules():  construct the modules in dependency order;
-dry_run():        run the graph forward and backward on a tiny real batch;
-run():            all of the above for every stage, then train with MLflow tracking.
-An invalid pipeline raises PipelineError before any MLflow run exists.
+Validation and construction live in :mod:`graphssl.build`; this module adds
+training, MLflow tracking, checkpoints, signals and distribution.
 """
 from __future__ import annotations
 
-import random
+import signal
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 from torch import nn
 
-import signal
-
+from graphssl.build import (Prepared, build_modules, check_plan, load_data, make_context, resolve_device,
+                            seed_everything)
 from graphssl.checkpoint import CheckpointError, CheckpointHook, full_state, restore
 from graphssl.checkpoint import load as load_checkpoint
 from graphssl.checkpoint import run_dir as checkpoint_run_dir
-from graphssl.component import BuildContext
-from graphssl.config import LoadedPipeline, PipelineConfig, load_yaml, validate_sections
-from graphssl.data import Data, DatasetMissing
-from graphssl.errors import PipelineError, Problem
-from graphssl.executor import Executor, NodeError
-from graphssl.graph import GraphSpec, build_graph
+from graphssl.distributed import World, barrier, broadcast, parameter_checksums, teardown
+from graphssl.distributed import setup as setup_world
+from graphssl.errors import PipelineError
+from graphssl.executor import Executor
 from graphssl.hooks import ConsoleHook, TrackingHook
 from graphssl.optim import build_optimizer
 from graphssl.stages import ModuleLoader, Plan, Stage, plan_pipeline, save_modules
-from graphssl.distributed import World, barrier, broadcast, parameter_checksums, teardown
-from graphssl.distributed import setup as setup_world
 from graphssl.tracking import NullTracker, Tracker, flatten
 from graphssl.train import NonFiniteLoss, Trainer
-
-
-@dataclass
-class Prepared:
-    loaded: LoadedPipeline
-    cfg: PipelineConfig
-    spec: GraphSpec
-    warnings: list[Problem] = field(default_factory=list)
-    unused_parameters: list[str] = field(default_factory=list)  # trainable but gradient-free (found by the dry run)
-
-    @property
-    def source(self) -> str:
-        return self.loaded.path
-
-
-def prepare_loaded(loaded: LoadedPipeline) -> Prepared:
-    """Validate a single-stage pipeline body; raise every problem at once."""
-    cfg, problems = validate_sections(loaded)
-    nodes = loaded.raw.get("nodes")
-    objective = loaded.raw.get("objective")
-    spec = None
-    if isinstance(nodes, dict):
-        spec, graph_problems = build_graph(loaded, nodes, objective if isinstance(objective, dict) else {})
-        # node bodies are validated per component, not by the section schema
-        problems = [p for p in problems if not p.path.startswith((f"{loaded.prefix}nodes.", "nodes."))] + graph_problems
-    if problems or cfg is None or spec is None:
-        raise PipelineError(problems, loaded.path)
-    return Prepared(loaded, cfg, spec, spec.warnings)
-
-
-def prepare(path: str | Path, overrides: list[str] = ()) -> Prepared:
-    """Validate a single-stage pipeline file (see stages.plan_pipeline for any pipeline)."""
-    return prepare_loaded(load_yaml(path, list(overrides)))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PipelineError([Problem("device", "device is cuda but no CUDA device is available (use cpu or auto)")])
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def make_context(prepared: Prepared, data: Data | None, device: torch.device, loader=None) -> BuildContext:
-    cfg = prepared.cfg
-    return BuildContext(image_size=cfg.data.image_size, channels=cfg.data.channels, total_steps=cfg.train.steps,
-                        steps_per_epoch=data.steps_per_epoch if data else 1, device=device, data=data,
-                        load_module=loader or ModuleLoader(None, None, {}, device))
-
-
-def build_modules(prepared: Prepared, ctx: BuildContext) -> dict[str, nn.Module]:
-    """Construct every module-owning node in dependency order."""
-    for name in prepared.spec.build_order:
-        node = prepared.spec.nodes[name]
-        try:
-            ctx.modules[name] = node.cls(node.config, ctx).to(ctx.device)
-        except PipelineError:
-            raise
-        except Exception as e:  # later nodes may depend on this one: stop here
-            raise PipelineError([prepared.loaded.problem(f"nodes.{name}", f"cannot build {node.type_name}: {type(e).__name__}: {e}")],
-                                prepared.source) from None
-    return dict(ctx.modules)
-
-
-def load_data(prepared: Prepared, device: torch.device, limit: int | None = None, world: World = World()) -> Data:
-    cfg = prepared.cfg
-    data_cfg = cfg.data if limit is None else cfg.data.model_copy(update={"limit": limit, "batch_size": min(limit, cfg.data.batch_size)})
-    try:
-        return Data(data_cfg, device, cfg.seed, world.rank if limit is None else 0, world.size if limit is None else 1)
-    except DatasetMissing as e:
-        raise PipelineError([prepared.loaded.problem("data", str(e))], prepared.source) from None
-
-
-def dry_run(prepared: Prepared, device: torch.device, loader=None, batch_size: int = 4) -> dict[str, dict[str, str]]:
-    """Build fresh modules and run one forward/backward on ``batch_size`` real images; returns output shapes."""
-    seed_everything(prepared.cfg.seed)
-    data = load_data(prepared, device, limit=batch_size)
-    executor = Executor(prepared.spec, build_modules(prepared, make_context(prepared, data, device, loader)))
-    executor.trace = {}
-    try:
-        executor.train()
-        losses = executor(data.batch(0))
-        total = executor.total_loss(losses)
-    except NodeError as e:
-        raise PipelineError([prepared.loaded.problem(f"nodes.{e.node}", f"dry run: {e}")], prepared.source) from None
-    if not total.requires_grad:
-        names = ", ".join(sorted({n for n, _ in prepared.spec.objective}))
-        raise PipelineError([prepared.loaded.problem("objective", f"dry run: no loss of the objective ({names}) depends on "
-                                                                   "a trainable weight, so there is nothing to train")],
-                            prepared.source)
-    total.backward()
-    # DDP must search for parameters without gradients only when there are some
-    prepared.unused_parameters = [n for n, p in executor.named_parameters() if p.requires_grad and p.grad is None]
-    return executor.trace
-
-
-def check_plan(plan: Plan, device: torch.device) -> dict[str, dict[str, dict[str, str]]]:
-    """Dry-run every stage in order (later stages load untrained modules of earlier ones)."""
-    return {name: dry_run(stage.prepared, device, ModuleLoader(plan, name, {}, device)) for name, stage in plan.stages.items()}
 
 
 def find_reusable(tracker: Tracker, stage: Stage) -> str | None:

@@ -80,7 +80,7 @@ def fingerprint(stage_raw: dict[str, Any], needed: list[str]) -> str:
 
 def plan_pipeline(path: str | Path, overrides: list[str] = ()) -> Plan:
     """Validate a pipeline file, with or without stages; every problem is raised at once."""
-    from graphssl.runner import prepare_loaded
+    from graphssl.build import prepare_loaded
 
     loaded = load_yaml(path, list(overrides))
     raw = loaded.raw

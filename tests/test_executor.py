@@ -11,7 +11,7 @@ from graphssl.component import Component, ComponentConfig, In, Out
 from graphssl.executor import Executor, NodeError
 from graphssl.ports import IMAGES, LOSS, VECTOR
 from graphssl.registry import register
-from graphssl.runner import build_modules, make_context, prepare
+from graphssl.build import build_modules, make_context, prepare
 
 
 @register("test.pool")

@@ -178,7 +178,7 @@ def image_root(tmp_path_factory):
 @PROPERTY
 @given(wiring=wirings())
 def test_random_wirings_are_accepted_and_run_or_rejected_with_messages(wiring, image_root, tmp_path_factory):
-    from graphssl.runner import dry_run, prepare
+    from graphssl.build import dry_run, prepare
 
     nodes, objective = wiring
     text = yaml.safe_dump({

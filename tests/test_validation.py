@@ -12,7 +12,7 @@ import pytest
 from graphssl import registry
 from graphssl.config import load_yaml, yaml_lines
 from graphssl.errors import PipelineError, Problem
-from graphssl.runner import prepare
+from graphssl.build import prepare
 
 BASE = """\
 name: tiny
