@@ -203,7 +203,8 @@ def draw(runs: list[RunSummary], output: str | Path, title: str | None = None) -
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_loss.set(title="training loss", xlabel="step", ylabel="loss (log)" if positive else "loss")
     ax_loss.grid(alpha=0.3, which="both")
-    ax_loss.legend(fontsize=8)
+    if ax_loss.lines:
+        ax_loss.legend(fontsize=8)
     ax_knn.set(title="top-1 during training (step 0: at initialisation)\nk-NN solid, linear probe dashed", xlabel="step", ylabel="top-1 on the test split")
     ax_knn.grid(alpha=0.3)
     if ax_knn.lines:

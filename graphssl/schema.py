@@ -110,6 +110,11 @@ def component_schema(name: str, cls: type[Component], defs: dict[str, Any]) -> d
             "properties": props, "required": required, "additionalProperties": False}
 
 
+def _or_ref(definition: str) -> dict[str, Any]:
+    """A whole mapping (a node, a section) may also be one interpolation: ``teacher_probs: ${vars.choice}``."""
+    return {"anyOf": [{"$ref": f"#/{DEFS}/{definition}"}, {"$ref": f"#/{DEFS}/Interpolation"}]}
+
+
 def _partial(schema: dict[str, Any]) -> dict[str, Any]:
     """A section that a stage may override in part: the same keys, none required."""
     out = copy.deepcopy(schema)
@@ -137,7 +142,7 @@ def pipeline_schema() -> dict[str, Any]:
                                            {"type": "array", "items": {"$ref": f"#/{DEFS}/Reference"}},
                                            {"$ref": f"#/{DEFS}/Interpolation"}]},
     }
-    cases.append({"if": {"required": ["call"]}, "then": {"$ref": f"#/{DEFS}/CallNode"}})
+    cases.append({"if": {"required": ["call"], "not": {"required": ["type"]}}, "then": {"$ref": f"#/{DEFS}/CallNode"}})
     defs["Node"] = {
         "type": "object",
         "description": "a graph node: type: COMPONENT with its parameters and inputs, or call: NODE with inputs",
@@ -148,7 +153,7 @@ def pipeline_schema() -> dict[str, Any]:
     }
     defs["Nodes"] = {"type": "object", "description": "node name -> node; inputs are node.port references",
                      "propertyNames": {"pattern": r"^[^.]+$", "not": {"const": "batch"}},
-                     "additionalProperties": {"$ref": f"#/{DEFS}/Node"}, "minProperties": 1}
+                     "additionalProperties": _or_ref("Node"), "minProperties": 1}
     defs["Objective"] = {"type": "object", "description": "loss node (or node.port) -> weight; the training loss is the weighted sum",
                          "additionalProperties": {"anyOf": [{"type": "number"}, {"$ref": f"#/{DEFS}/Interpolation"}]},
                          "minProperties": 1}
@@ -167,11 +172,13 @@ def pipeline_schema() -> dict[str, Any]:
         for key in list(props):
             meta = {k: props[key][k] for k in ("description",) if k in props[key]}
             if key == "nodes":
-                props[key] = {**meta, "$ref": f"#/{DEFS}/Nodes"}
+                props[key] = {**meta, **_or_ref("Nodes")}
             elif key == "objective":
-                props[key] = {**meta, "$ref": f"#/{DEFS}/Objective"}
+                props[key] = {**meta, **_or_ref("Objective")}
             elif key in sections and props[key].get("type") == "object" and "$ref" not in props[key]:
-                props[key] = {**meta, "$ref": f"#/{DEFS}/{sections[key]}"}  # a free dict: a stage's or a staged pipeline's partial section
+                props[key] = {**meta, **_or_ref(sections[key])}  # a free dict: a stage's or a staged pipeline's partial section
+            elif key in sections and "$ref" in props[key]:
+                props[key] = {**meta, **_or_ref(props[key]["$ref"].rsplit("/", 1)[-1])}
         return schema
 
     stage_model = StagedPipelineConfig.model_fields["stages"].annotation.__args__[-1]
@@ -180,7 +187,7 @@ def pipeline_schema() -> dict[str, Any]:
     defs[stage_model.__name__] = top(stage_model)
     staged["properties"]["stages"] = {**{k: v for k, v in staged["properties"]["stages"].items() if k == "description"},
                                       "type": "object", "minProperties": 1,
-                                      "additionalProperties": {"$ref": f"#/{DEFS}/{stage_model.__name__}"}}
+                                      "additionalProperties": _or_ref(stage_model.__name__)}
     defs.pop(PipelineConfig.__name__, None)
     defs.pop(StagedPipelineConfig.__name__, None)
     defs["SingleStagePipeline"] = single

@@ -50,17 +50,18 @@ def test_graphssl_run_mae_logs_parent_and_child_runs(workdir):
     assert parent.data.tags["graphssl.uses.mask.random"] == "true"
     assert parent.data.params["train.steps"] == "4"
     assert parent.data.params["nodes.encoder.depth"] == "1"
-    for key in ("loss", "lr", "images_per_s", "step_time_s", "knn_top1", "knn_top1_init"):
+    for key in ("loss", "lr", "images_per_s", "step_time_s", "knn_top1", "knn_top1_init", "linear_top1", "linear_top1_init"):
         assert key in parent.data.metrics, key
     assert len(client.get_metric_history(parent.info.run_id, "loss")) == 4
     children = {r.data.tags["graphssl.node"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert set(children) == {"view", "mask", "encoder", "decoder", "target", "loss", "knn"}
+    assert set(children) == {"view", "mask", "encoder", "decoder", "target", "loss", "knn", "linear"}
     assert children["mask"].data.tags["graphssl.component"] == "mask.random"
     assert children["mask"].data.params["ratio"] == "0.75"
     assert children["mask"].data.metrics["mask_ratio"] == pytest.approx(0.75)
     assert "time_per_call_ms" in children["encoder"].data.metrics
     assert "loss" in children["loss"].data.metrics
     assert "knn_top1" in children["knn"].data.metrics
+    assert 0 <= children["linear"].data.metrics["linear_top1"] <= 1
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"pipeline.yaml", "graph.png", "model"} <= artifacts
 

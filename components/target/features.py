@@ -8,7 +8,9 @@
   prefix tokens dropped, then (``project: true``) the model's linear head
   applied per token: for timm's CLIP towers that is the visual projection
   (EVA-01: 768-d). ``weights`` loads the pretrained weights from a local
-  file instead of the hub.
+  file instead of the hub. When the hub cannot be reached (or
+  ``HF_HUB_OFFLINE=1``), only the local cache is tried, and missing weights
+  are a one-line ValueError, not a minute of retries and a traceback.
 - ``STAGE.NODE`` or a checkpoint path: a module from ``ctx.load_module``
   whose call returns patch tokens, either a tensor [B,N,F] or a dict with
   ``patches`` (``encoder.vit``).
@@ -19,7 +21,10 @@ images (bicubic) to the teacher's input side first.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import socket
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -49,6 +54,56 @@ class TimmPatchFeatures(nn.Module):
         tokens = self.model.forward_features(images)[:, self.model.num_prefix_tokens:]
         tokens = self.model.fc_norm(tokens)  # identity for CLIP towers (their final norm is in forward_features)
         return self.model.head(tokens) if self.project else tokens
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can the Hugging Face hub (``HF_ENDPOINT``) be reached? False at once when ``HF_HUB_OFFLINE`` is set."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def hub_offline(offline: bool) -> Iterator[None]:
+    """huggingface_hub in offline mode (cache only, no retries) while the block runs, when ``offline``."""
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = previous or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
+def create_timm_model(name: str, from_hub: bool, pretrained: bool, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` with a one-line ValueError instead of a hang or a traceback.
+
+    ``from_hub``: the pretrained weights come from the hub (no local ``weights`` file). When the hub
+    cannot be reached (or ``HF_HUB_OFFLINE=1``), only the local cache is tried, without timm's retries.
+    """
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r}")
+    if from_hub and "." in name and name not in timm.list_pretrained(name):
+        raise ValueError(f"timm has no pretrained weights named {name!r}")
+    offline = from_hub and not hub_reachable()
+    try:
+        with hub_offline(offline):
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except Exception as e:
+        if not pretrained:
+            raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        where = ("the hub is unreachable (offline?) and they are not in the local cache" if offline else reason)
+        raise ValueError(f"could not load pretrained weights for {name} ({where}); set weights: to a local file, "
+                         "or run where the hub is reachable") from None
 
 
 @register("target.features")
@@ -82,7 +137,8 @@ class FeatureTarget(Component):
                 kwargs["pretrained_cfg_overlay"] = dict(file=config.weights)
             if not config.project:
                 kwargs["num_classes"] = 0
-            model = timm.create_model(config.source[len("timm:"):], pretrained=config.pretrained, **kwargs)
+            model = create_timm_model(config.source[len("timm:"):], config.pretrained and not config.weights,
+                                      config.pretrained, **kwargs)
             teacher: nn.Module = TimmPatchFeatures(model, config.project)
         else:
             if ctx.load_module is None:

@@ -1,5 +1,4 @@
 """augment.crop and the shared crop math in graphssl/ops/augment.py."""
-import math
 
 import pytest
 import torch

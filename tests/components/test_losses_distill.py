@@ -1,5 +1,4 @@
 """loss.dino, loss.ibot_patch and loss.koleo against brute-force formulas."""
-import math
 
 import pytest
 import torch

@@ -9,7 +9,6 @@ from graphssl.ops.augment import (adjust_brightness, adjust_contrast, adjust_hue
 from graphssl.registry import get
 
 CTX = BuildContext(image_size=32, channels=3)
-PLAIN = dict(scale_all=None)
 
 
 def make(**kw):

@@ -6,7 +6,6 @@ import torch
 
 from graphssl.component import BuildContext, Progress
 from graphssl.registry import get
-from graphssl.schedules import Schedule
 
 CTX = BuildContext(image_size=32, channels=3, total_steps=11)
 
@@ -120,3 +119,16 @@ def test_sinkhorn_is_stable_for_large_logits():
     t = torch.randn(8, 10) * 20  # exp(t / 0.04) overflows without the max shift
     q = make("post.sinkhorn", teacher_temp=0.04)(cls=t)["cls"]
     assert torch.isfinite(q).all() and torch.allclose(q.sum(-1), torch.ones(8), atol=1e-5)
+
+
+def test_mean_entropy_estimate_and_weights():
+    from graphssl.ops.stats import mean_entropy
+    p = torch.softmax(torch.randn(5000, 8), -1)
+    exact = -(p * p.log()).sum(-1).mean()
+    assert torch.allclose(mean_entropy(p, max_rows=10**6), exact, atol=1e-5)
+    assert abs(float(mean_entropy(p)) - float(exact)) < 0.02  # evenly spaced subsample
+    w = torch.zeros(5000, dtype=torch.bool)
+    w[:10] = True
+    assert torch.allclose(mean_entropy(p[:20], w[:20]), -(p[:10] * p[:10].log()).sum(-1).mean(), atol=1e-5)
+    u = torch.full((3, 8), 1 / 8)
+    assert torch.allclose(mean_entropy(u), torch.tensor(math.log(8)))

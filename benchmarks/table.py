@@ -1,0 +1,102 @@
+"""Print the README's benchmark tables (markdown) from benchmarks/results/*.json.
+
+    python benchmarks/table.py
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def env_line(r: dict) -> str:
+    e = r["environment"]
+    where = e.get("gpu") or f"{e['cpu_count']} CPUs, {e['torch_threads']} torch thread(s)"
+    load_avg = e.get("load_average_at_start")
+    busy = f", load average {load_avg[0]:.1f} at start" if load_avg else ""
+    return f"torch {e['torch']}, {where}{busy}"
+
+
+def throughput(r: dict, title: str) -> list[str]:
+    s = r["settings"]
+    size = (f"{s['arch'] or 'shipped'} encoders" + (f", depth {s['depth']}" if s["depth"] else "")
+            + (f", width {s['embed_dim']}" if s["embed_dim"] else ""))
+    out = [f"**{title}** (`{r['command']}`; batch {s['batch_size']}, {s['precision']}, {size}; "
+           f"{s['rounds']} rounds x {s['steps_per_round']} steps; {env_line(r)})", "",
+           "| pipeline (stage) | images/s | ms/step | trainable params (M) | peak memory (MB) |", "|---|---:|---:|---:|---:|"]
+    for label, p in r["pipelines"].items():
+        peak = p.get("peak_memory_mb")
+        out.append(f"| {label} | {p['images_per_s']:.1f} | {p['median_step_s'] * 1000:.0f} | {p['trainable_params_m']:.2f} | "
+                   f"{peak if peak is not None else '-'} |")
+    for name, msg in r.get("errors", {}).items():
+        out.append(f"| {name} | error: {msg.splitlines()[0][:80] if msg else ''} | | | |")
+    for name in r.get("skipped", {}):
+        out.append(f"| {name} | skipped: needs pretrained weights not available offline | | | |")
+    return out
+
+
+def main() -> None:
+    lines: list[str] = []
+    r = load("throughput")
+    if r:
+        lines += throughput(r, "Throughput") + [""]
+    r = load("mae_vs_simmim")
+    if r:
+        s = r["settings"]
+        lines += [f"**MAE vs SimMIM** (`{r['command']}`; {s['arch']} depth {s['depth']}, width {s['embed_dim']}, "
+                  f"patch {s['patch_size']}, {s['image_size']} px, batch {s['batch_size']}; {env_line(r)})", "",
+                  "| | MAE (0.75, visible-only) | SimMIM (0.6, mask token) | MAE / SimMIM | target |", "|---|---:|---:|---:|---|",
+                  f"| encoder tokens | {s['mae']['encoder_tokens']} | {s['simmim']['encoder_tokens']} | | |",
+                  f"| training step (ms) | {r['median_s']['mae_step'] * 1000:.0f} | {r['median_s']['simmim_step'] * 1000:.0f} | "
+                  f"**{r['step_time_ratio']:.2f}** | < 0.5 |",
+                  f"| encoder forward + backward (ms) | {r['median_s']['mae_encoder'] * 1000:.0f} | "
+                  f"{r['median_s']['simmim_encoder'] * 1000:.0f} | **{r['encoder_time_ratio']:.2f}** | |", ""]
+    r = load("augment")
+    if r:
+        s = r["settings"]
+        ips = r["images_per_s"]
+        lines += [f"**DINO multi-crop** (`{r['command']}`; 2x{s['views']['global'][1]} px + {s['views']['local'][0]}x"
+                  f"{s['views']['local'][1]} px views, batch {s['batch_size']}; {env_line(r)})", "",
+                  "| implementation | images/s | batched is faster by |", "|---|---:|---:|",
+                  f"| graphssl `augment.multicrop`, batched tensor ops, {s['batched_threads']} thread(s) | {ips['batched']:.0f} | |"]
+        for name, speed in r["speedup_vs"].items():
+            workers = name.split("_")[1].rstrip("w")
+            lines.append(f"| torchvision + PIL per image, DataLoader with {workers} worker(s) | {ips[name]:.0f} | **{speed:.2f}x** |")
+        lines += ["", f"Target: at least 3x against the faster PIL setting: {'met' if r['pass'] else 'missed'} ({r['speedup']:.2f}x).", ""]
+    r = load("peer")
+    if r:
+        if "error" in r:
+            lines += [f"**graphssl vs lightly {r['environment']['lightly']}** (`{r['command']}`; {env_line(r)}; "
+                      f"k-NN on {r['settings']['eval_limit']} + {r['settings']['eval_limit']} images)", "",
+                      "| method | steps x batch | run | images/s | graphssl / this | k-NN top-1 at init | k-NN top-1 after |",
+                      "|---|---|---|---:|---:|---:|---:|"]
+            for m in ("mae", "dino"):
+                if m not in r:
+                    continue
+                x = r[m]
+                budget = f"{x['settings']['steps']} x {x['settings']['batch_size']}"
+                g = x["graphssl"]
+                lines.append(f"| {m.upper()} | {budget} | graphssl | {g['images_per_s']:.1f} | | {g['knn_top1_init']:.3f} | "
+                             f"{g['knn_top1']:.3f} |")
+                for key, v in x["lightly"].items():
+                    workers = key.split("_")[0]
+                    where = "augmentation in the training process" if workers == "0" else f"DataLoader, {workers} workers"
+                    lines.append(f"| {m.upper()} | {budget} | lightly ({where}) | {v['images_per_s']:.1f} | "
+                                 f"**{v['images_per_s_ratio']:.2f}** | {v['knn_top1_init']:.3f} | {v['knn_top1']:.3f} |")
+            lines.append("")
+    for name in ("gpu_vit_small", "gpu_vit_base"):
+        r = load(name)
+        if r:
+            lines += throughput(r, f"GPU, {name[4:].replace('_', '-')}") + [""]
+    sys.stdout.write("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Regenerate the README's two pictures of the "Compare runs" section.
+
+    python docs/make_pictures.py                      # CPU, a few minutes (--threads 1 on a busy machine)
+    python docs/make_pictures.py --steps 300 --device cuda --pipelines mae simmim dino
+
+It starts `mlflow server` on 127.0.0.1 with a temporary SQLite store, trains
+short runs of the shipped pipelines into it with `graphssl run`, then writes
+
+- docs/compare.png   `graphssl compare` of those runs (loss and accuracy curves);
+- docs/mlflow_ui.png the MLflow UI's runs table in headless Chromium
+  (/usr/bin/chromium through Playwright), one run unfolded to its node runs.
+
+Nothing is written outside docs/ and a temporary folder.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from graphssl.mlflow_ui import (browser_missing, chromium_page, close_assistant, expand_run, mlflow_server,  # noqa: E402
+                                runs_page, show_columns, wait_for_text)
+
+EXPERIMENT = "readme"
+
+
+def graphssl(*args: str, cwd: Path, threads: int | None = None) -> None:
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    subprocess.run([sys.executable, "-m", "graphssl", *args], cwd=cwd, env=env, check=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pipelines", nargs="+", default=["mae", "simmim"])
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--limit", type=int, default=4000, help="training images")
+    parser.add_argument("--eval-limit", type=int, default=1000)
+    parser.add_argument("--threads", type=int, help="CPU threads per run (OMP_NUM_THREADS); 1 is fastest on shared CPUs")
+    parser.add_argument("--out", type=Path, default=REPO / "docs")
+    args = parser.parse_args()
+    why = browser_missing()
+    if why:
+        print(f"cannot take the screenshot: {why}", file=sys.stderr)
+        return 1
+    overrides = [f"train.steps={args.steps}", f"train.log_every={max(1, args.steps // 30)}", f"data.limit={args.limit}",
+                 f"eval.limit={args.eval_limit}", f"eval.every={max(1, args.steps // 4)}", f"device={args.device}"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="graphssl-pictures-") as tmp, mlflow_server(Path(tmp) / "server") as url:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(url)
+        exp_id = client.create_experiment(EXPERIMENT)
+        for name in args.pipelines:
+            graphssl("run", str(REPO / "pipelines" / f"{name}.yaml"), *overrides, "--tracking-uri", url,
+                     "--experiment", EXPERIMENT, "--run-name", name, cwd=Path(tmp), threads=args.threads)
+        graphssl("compare", "--tracking-uri", url, "--experiment", EXPERIMENT, "-o", str(args.out / "compare.png"), cwd=Path(tmp))
+
+        with chromium_page(1400, 640) as page:
+            page.goto(runs_page(url, exp_id))
+            for name in args.pipelines:
+                wait_for_text(page, name)
+            close_assistant(page)
+            missing = show_columns(page, ["graphssl.pipeline", "images_per_s", "loss", "knn_top1", "linear_top1"],
+                                   hide=["Dataset", "Source", "Models"])
+            if missing:
+                print(f"columns not found in the UI: {', '.join(missing)}", file=sys.stderr)
+            expand_run(page, args.pipelines[0], "encoder")
+            time.sleep(1.0)  # let the table settle after unfolding
+            page.screenshot(path=str(args.out / "mlflow_ui.png"))
+    print(f"wrote {args.out / 'compare.png'} and {args.out / 'mlflow_ui.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
