@@ -73,6 +73,8 @@ def main() -> None:
     r = load("peer")
     if r:
         if "error" in r:
+            lines += [f"**graphssl vs lightly**: not measured: {r['error']}", ""]
+        else:
             lines += [f"**graphssl vs lightly {r['environment']['lightly']}** (`{r['command']}`; {env_line(r)}; "
                       f"k-NN on {r['settings']['eval_limit']} + {r['settings']['eval_limit']} images)", "",
                       "| method | steps x batch | run | images/s | graphssl / this | k-NN top-1 at init | k-NN top-1 after |",

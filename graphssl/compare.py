@@ -101,7 +101,10 @@ def find_runs(tracking_uri: str | None = None, experiment: str = "graphssl", run
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri or default_tracking_uri())
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise CompareError(f"no tracking store at {uri} (run from the folder of your runs, or give --tracking-uri)")
+    client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     runs = []
     if run_ids:
@@ -126,7 +129,7 @@ def find_runs(tracking_uri: str | None = None, experiment: str = "graphssl", run
     else:
         if exp is None:
             names = [e.name for e in client.search_experiments()]
-            raise CompareError(f"no experiment {experiment!r} in {tracking_uri or default_tracking_uri()} "
+            raise CompareError(f"no experiment {experiment!r} in {uri} "
                                f"(it has: {', '.join(names) or 'none'})")
         found = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
                                    order_by=["attributes.start_time DESC"], max_results=5000)

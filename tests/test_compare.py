@@ -118,3 +118,9 @@ def test_staged_runs_take_their_curves_from_the_last_stage(tmp_path):
     assert summary.curves["loss"] == [(0, 3.0), (1, 2.0), (2, 1.0)]
     assert summary.curves["knn_top1"] == [(0, 0.2), (3, 0.5)]
     assert summary.final["knn_top1"] == 0.5 and summary.images_per_s == pytest.approx(101.5)
+
+
+def test_compare_without_a_store_says_so_and_creates_nothing(workdir, capsys):
+    assert main(["compare"]) == 1
+    assert "no tracking store at sqlite:///" in capsys.readouterr().err
+    assert list(workdir.iterdir()) == []

@@ -92,3 +92,38 @@ def test_features_from_an_earlier_stage_encoder_and_grid_check():
                           ctx_with({"teacher.encoder": encoder}))
     with pytest.raises(ValueError, match=r"teacher grid 4x4 \(16 tokens\).*student grid 8x8"):
         wrong(images=images)
+
+
+def test_features_offline_without_cached_weights_is_one_clear_error(tmp_path, monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    from graphssl.components.target import features
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1: cache only, no retries
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    assert not features.hub_reachable()
+    name = "vit_tiny_patch16_224.augreg_in21k"
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=rf"^could not load pretrained weights for {name} \(.*offline\?"):
+        FeatureTarget(FeatureTarget.Config(source=f"timm:{name}", patch_size=16), BuildContext(image_size=224, channels=3))
+    assert time.perf_counter() - start < 30  # no minute of download retries
+    assert constants.HF_HUB_OFFLINE is True  # the offline switch is restored, not leaked
+    with pytest.raises(ValueError, match="unknown timm model 'vit_nope'"):
+        FeatureTarget(FeatureTarget.Config(source="timm:vit_nope"), BuildContext(image_size=224, channels=3))
+    with pytest.raises(ValueError, match="no pretrained weights named 'vit_tiny_patch16_224.nope'"):
+        FeatureTarget(FeatureTarget.Config(source="timm:vit_tiny_patch16_224.nope"), BuildContext(image_size=224, channels=3))
+
+
+def test_hub_offline_switch_is_scoped(monkeypatch):
+    from huggingface_hub import constants
+
+    from graphssl.components.target.features import hub_offline
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with hub_offline(True):
+        assert constants.HF_HUB_OFFLINE is True
+    assert constants.HF_HUB_OFFLINE is False
+    with hub_offline(False):
+        assert constants.HF_HUB_OFFLINE is False
