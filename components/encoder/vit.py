@@ -25,6 +25,23 @@ from graphssl.ports import IMAGES, TOKEN_MASK, TOKENS, VECTOR
 from graphssl.registry import register
 
 
+def mae_init(vit: nn.Module) -> None:
+    """MAE's ``initialize_weights``: xavier-uniform linears (zero bias), LayerNorm 1/0, the patch
+    embedding as a linear layer (xavier on its flattened weight), [CLS] normal(0.02)."""
+    for m in vit.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    weight = vit.patch_embed.proj.weight.data
+    nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
+    if getattr(vit, "cls_token", None) is not None:
+        nn.init.normal_(vit.cls_token, std=0.02)
+
+
 @register("encoder.vit")
 class ViTEncoder(Component):
     """Any timm ViT by name, with size overrides; outputs final-normed [CLS] and patch tokens."""
@@ -43,6 +60,8 @@ class ViTEncoder(Component):
         mask_mode: Literal["replace", "drop"] = "replace"
         pretrained: bool = Field(False, description="load timm's pretrained weights (needs them reachable)")
         checkpoint: Optional[str] = Field(None, description="a local state-dict file to load")
+        init: Literal["timm", "mae"] = Field("timm", description="weight init: timm's, or MAE's (xavier-uniform "
+                                                               "linears and patch embedding, [CLS] normal 0.02)")
         grad_checkpointing: bool = Field(False, description="recompute each block in backward (activation "
                                                             "checkpointing): less memory, about a third more compute")
 
@@ -69,6 +88,8 @@ class ViTEncoder(Component):
             gh, gw = self.vit.patch_embed.grid_size
             table = sincos_2d(self.embed_dim, gh, gw, cls_token=True)[None]
             self.vit.pos_embed = nn.Parameter(table, requires_grad=False)
+        if config.init == "mae":
+            mae_init(self.vit)
         if config.mask_mode == "replace":
             self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
             nn.init.trunc_normal_(self.mask_token, std=0.02)
@@ -79,7 +100,7 @@ class ViTEncoder(Component):
                 raise ValueError(f"checkpoint {config.checkpoint} does not exist") from None
             except Exception as e:
                 raise ValueError(f"cannot read checkpoint {config.checkpoint}: not a state-dict file "
-                                 f"({type(e).__name__}: {e or 'empty or truncated'})") from None
+                                 f"({type(e).__name__}: {str(e) or 'empty or truncated'})") from None
             self.load_state_dict(state.get("state_dict", state))
 
     @property

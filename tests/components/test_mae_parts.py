@@ -97,3 +97,15 @@ def test_encoder_replace_path_uses_mask_token():
     b = enc(images=altered, mask=mask)["patches"]
     assert a.shape == (1, 16, 32)
     assert torch.allclose(a, b, atol=1e-5)  # the masked patch's content is replaced
+
+
+def test_mae_init_is_xavier_uniform():
+    torch.manual_seed(0)
+    E = get("encoder.vit")
+    enc = E(E.Config(patch_size=4, depth=1, embed_dim=64, num_heads=2, init="mae"), CTX)
+    fc = enc.vit.blocks[0].mlp.fc1.weight
+    bound = (6 / (fc.shape[0] + fc.shape[1])) ** 0.5  # xavier-uniform bound
+    assert fc.abs().max() <= bound and fc.abs().max() > 0.9 * bound
+    assert torch.all(enc.vit.blocks[0].mlp.fc1.bias == 0)
+    w = enc.vit.patch_embed.proj.weight.view(64, -1)
+    assert w.abs().max() <= (6 / (w.shape[0] + w.shape[1])) ** 0.5
