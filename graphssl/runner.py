@@ -14,8 +14,8 @@ import torch
 import yaml
 from torch import nn
 
-from graphssl.build import (Prepared, build_modules, check_plan, load_data, make_context, resolve_device,
-                            seed_everything)
+from graphssl.build import (Prepared, build_modules, check_plan, dry_run, load_data, make_context,  # noqa: F401
+                            prepare, prepare_loaded, resolve_device, seed_everything)  # (re-exported)
 from graphssl.checkpoint import CheckpointError, CheckpointHook, full_state, restore
 from graphssl.checkpoint import load as load_checkpoint
 from graphssl.checkpoint import run_dir as checkpoint_run_dir
@@ -344,7 +344,7 @@ def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = 
                 finally:
                     tracker.end_run(stage_run, stage_status)
                 tracker.set_tags(parent, {f"graphssl.stage.{name}.run": stage_run})
-            for key, value in final.items():  # the last stage's evaluation is the pipeline's
+            for key, value in final.items() if plan.staged else ():  # the last stage's evaluation is the pipeline's
                 tracker.metric(parent, key, value, 0)
             tracker.flush()
             status = "FINISHED"
