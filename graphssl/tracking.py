@@ -56,7 +56,15 @@ class Tracker:
         self.client = MlflowClient(self.uri)
         try:
             found = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+            if found is None:
+                try:
+                    self.experiment_id = self.client.create_experiment(experiment)
+                except Exception:  # another run created it in the meantime
+                    found = self.client.get_experiment_by_name(experiment)
+                    if found is None:
+                        raise
+            if found is not None:
+                self.experiment_id = found.experiment_id
         except Exception as e:
             reason = "connection refused: is the tracking server running?" if "refused" in str(e) else str(e).splitlines()[0]
             raise TrackingError(f"cannot use the MLflow tracking store {self.uri}: {reason}") from None
