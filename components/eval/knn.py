@@ -9,6 +9,7 @@ from pydantic import Field
 from torch import nn
 
 from graphssl.component import Component, ComponentConfig
+from graphssl.ops.features import frozen_features
 from graphssl.registry import register
 
 
@@ -27,21 +28,10 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
     return votes.argmax(dim=1)
 
 
-@torch.no_grad()
 def extract_features(encoder: nn.Module, images: torch.Tensor, to_input: Callable[[torch.Tensor], torch.Tensor],
                      feature: str, batch_size: int = 256) -> torch.Tensor:
-    """float[N,D] L2-normalised features of uint8 images, the encoder in eval mode."""
-    was_training = encoder.training
-    encoder.eval()
-    out = []
-    try:
-        for i in range(0, len(images), batch_size):
-            result = encoder(images=to_input(images[i: i + batch_size]))
-            feats = result["cls"] if feature == "cls" else result["patches"].mean(dim=-2)
-            out.append(F.normalize(feats.float(), dim=-1))
-    finally:
-        encoder.train(was_training)
-    return torch.cat(out)
+    """float[N,D] L2-normalised frozen features of uint8 images."""
+    return F.normalize(frozen_features(encoder, images, to_input, feature, batch_size), dim=-1)
 
 
 @register("eval.knn")

@@ -20,24 +20,8 @@ from pydantic import Field
 from torch import nn
 
 from graphssl.component import Component, ComponentConfig
+from graphssl.ops.features import frozen_features
 from graphssl.registry import register
-
-
-@torch.no_grad()
-def frozen_features(encoder: nn.Module, images: torch.Tensor, to_input: Callable[[torch.Tensor], torch.Tensor],
-                    feature: str, batch_size: int = 256) -> torch.Tensor:
-    """float[N,D] features (not normalised) of uint8[N,C,H,W] images, the encoder in eval mode."""
-    was_training = encoder.training
-    encoder.eval()
-    out = []
-    try:
-        for i in range(0, len(images), batch_size):
-            result = encoder(images=to_input(images[i: i + batch_size]))
-            feats = result["cls"] if feature == "cls" else result["patches"].mean(dim=-2)
-            out.append(feats.float())
-    finally:
-        encoder.train(was_training)
-    return torch.cat(out)
 
 
 def linear_head(dim: int, num_classes: int) -> nn.Sequential:
