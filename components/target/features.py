@@ -15,6 +15,12 @@
   whose call returns patch tokens, either a tensor [B,N,F] or a dict with
   ``patches`` (``encoder.vit``).
 
+``normalize: instance`` standardises each feature channel over an image's
+tokens (data2vec's target normalisation). EVA regresses CLIP's features as
+they are; a small self-trained teacher's tokens can instead share one
+dominant direction (every token at cosine ~0.99 to every other), which leaves
+a cosine loss almost nothing to learn; the instance norm removes it.
+
 The encoder is frozen, kept in eval mode and run without gradients. Its grid
 must be the student's (a ValueError names both); ``image_size`` resizes the
 images (bicubic) to the teacher's input side first.
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 import socket
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Literal, Optional
 from urllib.parse import urlparse
 
 import timm
@@ -54,6 +60,14 @@ class TimmPatchFeatures(nn.Module):
         tokens = self.model.forward_features(images)[:, self.model.num_prefix_tokens:]
         tokens = self.model.fc_norm(tokens)  # identity for CLIP towers (their final norm is in forward_features)
         return self.model.head(tokens) if self.project else tokens
+
+
+def instance_norm_tokens(feats: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """float[B,N,F] -> float[B,N,F]: (x - mean_n x) / sqrt(var_n x + eps) per image and channel, the
+    variance biased, over the N tokens (data2vec's ``F.instance_norm`` on its targets)."""
+    mean = feats.mean(dim=1, keepdim=True)
+    var = feats.var(dim=1, unbiased=False, keepdim=True)
+    return (feats - mean) / torch.sqrt(var + eps)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -122,6 +136,9 @@ class FeatureTarget(Component):
                                              description="timm: overrides for create_model (img_size, patch_size, ...)")
         project: bool = Field(True, description="timm: apply the model's linear head per token (CLIP's visual "
                                                 "projection); false: the normed tokens")
+        normalize: Literal["none", "instance"] = Field(
+            "none", description="none: the features as given (EVA); instance: each channel standardised over "
+                                "an image's tokens (data2vec), which removes a direction shared by every token")
 
     inputs = {
         "images": In(IMAGES, "the teacher's view (EVA: the same crop as the student's)"),
@@ -163,4 +180,6 @@ class FeatureTarget(Component):
         n = feats.shape[1]
         check_grid(n, "teacher grid " + grid_text(x, getattr(self.teacher, "patch_size", None), n),
                    images if like is None else like, self.config.patch_size)
+        if self.config.normalize == "instance":
+            feats = instance_norm_tokens(feats)
         return {"target": feats.reshape(*lead, n, feats.shape[-1])}

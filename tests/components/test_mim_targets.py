@@ -127,3 +127,38 @@ def test_hub_offline_switch_is_scoped(monkeypatch):
     assert constants.HF_HUB_OFFLINE is False
     with hub_offline(False):
         assert constants.HF_HUB_OFFLINE is False
+
+
+def test_instance_norm_of_targets_matches_the_formula_and_removes_the_shared_direction():
+    from graphssl.components.target.features import instance_norm_tokens
+
+    feats = torch.tensor([[[1.0, 10.0], [3.0, 10.5], [5.0, 9.5]]])  # [1, 3 tokens, 2 channels]
+    # channel 0: mean 3, biased var 8/3; channel 1: mean 10, biased var 1/6
+    expected = torch.tensor([[[-2.0, 0.0], [0.0, 0.5], [2.0, -0.5]]]) / torch.sqrt(torch.tensor([8 / 3, 1 / 6]) + 1e-5)
+    torch.testing.assert_close(instance_norm_tokens(feats), expected)
+    torch.testing.assert_close(instance_norm_tokens(feats), torch.nn.functional.instance_norm(
+        feats.transpose(1, 2)).transpose(1, 2))
+
+    torch.manual_seed(0)
+    ctx = BuildContext(image_size=32, channels=3)
+    encoder = ViTEncoder(ViTEncoder.Config(patch_size=8, depth=1, embed_dim=64, num_heads=2), ctx).eval()
+    shared = torch.zeros(64)
+    shared[0] = 100.0  # one dominant channel shared by every token, as a briefly trained MAE teacher's
+
+    class Shifted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, images):
+            return {"patches": self.encoder(images=images)["patches"] + shared}
+
+    teacher = Shifted()
+    plain = FeatureTarget(FeatureTarget.Config(source="t", patch_size=8), ctx_with({"t": teacher}))
+    normed = FeatureTarget(FeatureTarget.Config(source="t", patch_size=8, normalize="instance"), ctx_with({"t": teacher}))
+    images = torch.randn(2, 2, 3, 32, 32)
+    a, b = plain(images=images)["target"], normed(images=images)["target"]
+    assert b.shape == a.shape == (2, 2, 16, 64)
+    cos = lambda t: torch.nn.functional.cosine_similarity(t[..., :1, :], t[..., 1:, :], dim=-1).mean()  # noqa: E731
+    assert cos(a) > 0.99 and abs(cos(b)) < 0.5
+    torch.testing.assert_close(b.mean(dim=-2), torch.zeros(2, 2, 64), atol=1e-5, rtol=0)
