@@ -6,9 +6,9 @@ so a schedule stretches with ``train.steps`` and ends exactly at ``end``.
 from __future__ import annotations
 
 import math
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from graphssl.component import Progress
 
@@ -45,6 +45,10 @@ def check_range(value: Scheduled, ge: float | None = None, gt: float | None = No
             if bound is not None and not ok(x, bound):
                 raise ValueError(f"{'the schedule ' + which + ' ' if which else ''}must be {sign} {bound}, got {x}")
     return value
+
+
+PositiveScheduled = Annotated[Scheduled, AfterValidator(lambda v: check_range(v, gt=0.0))]
+"""A number or schedule that must stay > 0 (temperatures)."""
 
 
 def cosine_ramp(start: float, end: float, t: float) -> float:

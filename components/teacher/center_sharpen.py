@@ -33,7 +33,7 @@ from graphssl.ops.distributed import all_reduce_sum
 from graphssl.ops.stats import mean_entropy
 from graphssl.ports import LOGITS, PROBS, TOKEN_LOGITS, TOKEN_MASK, TOKEN_PROBS
 from graphssl.registry import register
-from graphssl.schedules import Schedule, Scheduled, value_at
+from graphssl.schedules import PositiveScheduled, Schedule, value_at
 
 
 def center_sharpen(logits: torch.Tensor, center: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -71,7 +71,7 @@ class CenterSharpen(Component):
     no_grad = True
 
     class Config(ComponentConfig):
-        teacher_temp: Scheduled = Field(Schedule(start=0.04, end=0.07, shape="linear", over=0.3),
+        teacher_temp: PositiveScheduled = Field(Schedule(start=0.04, end=0.07, shape="linear", over=0.3),
                                         description="teacher temperature tau_t (a number or a schedule)")
         center_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="center EMA momentum m")
         patch_center: Literal["all", "masked"] = Field("all", description="patch center from all tokens (iBOT) "

@@ -27,7 +27,7 @@ from graphssl.ops.distributed import all_reduce_max, all_reduce_sum
 from graphssl.ops.stats import mean_entropy
 from graphssl.ports import LOGITS, PROBS, TOKEN_LOGITS, TOKEN_MASK, TOKEN_PROBS
 from graphssl.registry import register
-from graphssl.schedules import Schedule, Scheduled, value_at
+from graphssl.schedules import PositiveScheduled, Schedule, value_at
 
 
 def _finite(x: torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,7 @@ class Sinkhorn(Component):
     no_grad = True
 
     class Config(ComponentConfig):
-        teacher_temp: Scheduled = Field(Schedule(start=0.04, end=0.07, shape="linear", over=0.3),
+        teacher_temp: PositiveScheduled = Field(Schedule(start=0.04, end=0.07, shape="linear", over=0.3),
                                         description="teacher temperature tau_t (a number or a schedule)")
         n_iterations: int = Field(3, ge=1, description="Sinkhorn-Knopp iterations (DINOv2: 3)")
 

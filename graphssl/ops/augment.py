@@ -130,32 +130,26 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """float[n,3,H,W] RGB -> HSV, each in [0, 1] (torchvision's formulas: grey pixels get h = s = 0)."""
     r, g, b = x.unbind(1)
-    maxc, _ = x.max(dim=1)
-    minc, _ = x.min(dim=1)
-    eqc = maxc == minc
+    minc, maxc = torch.aminmax(x, dim=1)
     cr = maxc - minc
-    ones = torch.ones_like(maxc)
-    s = cr / torch.where(eqc, ones, maxc)
-    crd = torch.where(eqc, ones, cr)
-    rc, gc, bc = (maxc - r) / crd, (maxc - g) / crd, (maxc - b) / crd
-    hr = (maxc == r) * (bc - gc)
-    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
-    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
-    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    eqc = cr == 0
+    s = cr / torch.where(eqc, torch.ones_like(maxc), maxc)
+    inv = 1.0 / torch.where(eqc, torch.ones_like(cr), cr)
+    h = torch.where(maxc == r, (g - b) * inv, torch.where(maxc == g, 2.0 + (b - r) * inv, 4.0 + (r - g) * inv))
+    h = torch.where(eqc, torch.zeros_like(h), h)
+    h = torch.remainder(h / 6.0, 1.0)
     return torch.stack([h, s, maxc], dim=1)
 
 
 def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    h, s, v = x.unbind(1)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.long() % 6
-    p = (v * (1.0 - s)).clamp(0, 1)
-    q = (v * (1.0 - s * f)).clamp(0, 1)
-    t = (v * (1.0 - s * (1.0 - f))).clamp(0, 1)
-    table = torch.stack([torch.stack(c, 0) for c in ((v, q, p, p, t, v), (t, v, v, q, p, p), (p, p, t, v, v, q))], 1)
-    return table.gather(0, i[None, None].expand(1, 3, *i.shape))[0].movedim(0, 1)
+    """float[n,3,H,W] HSV -> RGB: channel c = v - v s clamp(min(k, 4 - k), 0, 1), k = (n_c + 6 h) mod 6 with
+    n = (5, 3, 1) for (R, G, B); the closed form of the six-sector table, one fused expression per channel."""
+    h, s, v = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(n + h * 6.0, 6.0)
+    return v - v * s * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
 
 
 def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -195,29 +189,50 @@ def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4
 JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
+def _blend_towards(x: torch.Tensor, op: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """One of brightness (op 0), contrast (1), saturation (2) per image, in one blend.
+
+    All three are clamp(f x + (1 - f) g) with g = 0, the mean grey level, or the grey image;
+    ``op`` long[n] picks g per image and ``factor`` float[n] is f (1 leaves an image as it is).
+    """
+    grey = rgb_to_grayscale(x)
+    mean = grey.mean(dim=(-3, -2, -1), keepdim=True)
+    op = op.view(-1, 1, 1, 1)
+    towards = torch.where(op == 2, grey, torch.where(op == 1, mean, torch.zeros_like(mean)))
+    if x.shape[1] == 1:  # saturation is the identity on one-channel images
+        towards = torch.where(op == 2, x, towards)
+    f = _per_image(factor, x)
+    return (f * x + (1 - f) * towards).clamp(0, 1)
+
+
 def jitter_in_order(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor | None = None,
                     active: tuple[bool, ...] = (True, True, True, True)) -> torch.Tensor:
     """Apply brightness, contrast, saturation, hue with ``factors`` float[n,4], image i in
     the order ``order[i]`` (long[n,4]: the op index at each position; None = 0, 1, 2, 3).
 
-    Hue (the costly op) runs once on every image: the cheap ops placed before it
-    run first, each at each position where it may be and kept per image through
-    ``torch.where`` (no host synchronisation), then hue, then the cheap ops
-    placed after it. Ops flagged inactive are skipped.
+    Hue (the costly op) runs once on every image; the cheap ops, all blends, run as one
+    per-image blend per position (:func:`_blend_towards`): first the positions before each
+    image's hue, then hue, then the positions after it; an image whose op at a position
+    falls on the other side of its hue gets factor 1 there. No host synchronisation.
+    Ops flagged inactive are skipped.
     """
     if order is None:
         for k, fn in enumerate(JITTER_OPS):
             if active[k]:
                 x = fn(x, factors[:, k])
         return x
+    if not active[3]:  # hue inactive: its position does not matter
+        order = torch.cat([order[order != 3].view(-1, 3), order[:, :1].new_full((order.shape[0], 1), 3)], dim=1)
     hue_pos = order.argsort(dim=1)[:, 3]
-    for stage, positions in (("before", range(0, 3)), ("after", range(1, 4))):
+    skip = torch.tensor([not a for a in active[:3]], device=factors.device)
+    cheap = factors[:, :3].masked_fill(skip, 1.0)  # factor 1: an inactive op leaves the image as it is
+    stages = (("before", range(0, 3)), ("after", range(1, 4))) if active[3] else (("before", range(0, 3)),)
+    for stage, positions in stages:
         for position in positions:
             side = position < hue_pos if stage == "before" else position > hue_pos
-            for k, fn in enumerate(JITTER_OPS[:3]):
-                if active[k]:
-                    pick = _per_image((order[:, position] == k) & side, x).bool()
-                    x = torch.where(pick, fn(x, factors[:, k]), x)
+            op = order[:, position].clamp(max=2)  # 3 (hue) only where ``side`` is False
+            f = torch.where(side, cheap.gather(1, op[:, None])[:, 0], torch.ones_like(cheap[:, 0]))
+            x = _blend_towards(x, op, f)
         if stage == "before" and active[3]:
             x = adjust_hue(x, factors[:, 3])
     return x

@@ -171,3 +171,24 @@ def test_jitter_in_order_matches_per_image_loop():
     # orders matter: brightness then contrast differs from contrast then brightness after clamping
     assert not torch.allclose(jitter_in_order(x, factors, order[:1].expand(n, 4)),
                               jitter_in_order(x, factors, order[-1:].expand(n, 4)), atol=1e-3)
+
+
+@pytest.mark.parametrize("channels,active", [(3, (True, True, True, False)), (3, (True, False, True, True)),
+                                             (1, (True, True, True, True))])
+def test_jitter_in_order_with_inactive_ops_and_grey_images_matches_per_image_loop(channels, active):
+    import itertools
+
+    from graphssl.ops.augment import JITTER_OPS, jitter_in_order
+    torch.manual_seed(6)
+    n = 24
+    x = torch.rand(n, channels, 6, 6)
+    factors = torch.stack([torch.empty(n).uniform_(0.6, 1.4), torch.empty(n).uniform_(0.6, 1.4),
+                           torch.empty(n).uniform_(0.8, 1.2), torch.empty(n).uniform_(-0.1, 0.1)], 1)
+    order = torch.tensor(list(itertools.permutations(range(4))))
+    out = jitter_in_order(x, factors, order, active)
+    for i in range(n):
+        y = x[i:i + 1]
+        for k in order[i].tolist():
+            if active[k]:
+                y = JITTER_OPS[k](y, factors[i:i + 1, k])
+        assert torch.allclose(out[i:i + 1], y, atol=1e-5), order[i]

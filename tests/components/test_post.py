@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from graphssl.component import BuildContext, Progress
 from graphssl.registry import get
@@ -132,3 +133,10 @@ def test_mean_entropy_estimate_and_weights():
     assert torch.allclose(mean_entropy(p[:20], w[:20]), -(p[:10] * p[:10].log()).sum(-1).mean(), atol=1e-5)
     u = torch.full((3, 8), 1 / 8)
     assert torch.allclose(mean_entropy(u), torch.tensor(math.log(8)))
+
+
+@pytest.mark.parametrize("name", ["post.center_sharpen", "post.sinkhorn"])
+@pytest.mark.parametrize("temp", [-0.04, 0.0, {"start": 0.04, "end": -0.07}])
+def test_teacher_temperature_must_be_positive(name, temp):
+    with pytest.raises(ValidationError, match="must be > 0"):
+        get(name).Config(teacher_temp=temp)
