@@ -22,7 +22,7 @@ TEACHER = {
     "mask": {"type": "mask.random", "images": "view.images", "ratio": 0.75, "patch_size": 8},
     "encoder": {**VIT, "pos_embed": "sincos", "mask_mode": "drop", "images": "view.images", "mask": "mask.mask"},
     "decoder": {"type": "head.mae_decoder", "embed_dim": 16, "depth": 1, "num_heads": 2, "patch_size": 8,
-                "encoder_dim": 32, "cls": "encoder.cls", "patches": "encoder.patches", "mask": "mask.mask"},
+                "in_dim": 32, "cls": "encoder.cls", "patches": "encoder.patches", "mask": "mask.mask"},
     "target": {"type": "target.patch_pixels", "images": "view.images", "patch_size": 8},
     "loss": {"type": "loss.mse_masked", "pred": "decoder.pred", "target": "target.target", "mask": "mask.mask"},
 }
@@ -35,7 +35,7 @@ def student_nodes(source: str = "teacher.encoder", patch_size: int = 8) -> dict:
                  "patch_size": patch_size},
         "encoder": {**VIT, "patch_size": patch_size, "images": "view.images", "mask": "mask.mask"},
         "target": {"type": "target.features", "source": source, "patch_size": patch_size, "images": "view.images"},
-        "head": {"type": "head.features", "embed_dim": 32, "out_dim": 32, "tokens": "encoder.patches"},
+        "head": {"type": "head.features", "in_dim": 32, "out_dim": 32, "tokens": "encoder.patches"},
         "loss": {"type": "loss.cosine_masked", "pred": "head.pred", "target": "target.target", "mask": "mask.mask"},
         "knn": {"type": "eval.knn", "encoder": "encoder", "feature": "mean"},
     }

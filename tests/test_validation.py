@@ -24,7 +24,7 @@ nodes:
   mask:    {type: mask.random, images: view.images, ratio: 0.75, patch_size: 8}
   encoder: {type: encoder.vit, patch_size: 8, depth: 1, embed_dim: 64, num_heads: 2, pos_embed: sincos,
             mask_mode: drop, images: view.images, mask: mask.mask}
-  decoder: {type: head.mae_decoder, embed_dim: 32, depth: 1, num_heads: 2, patch_size: 8, encoder_dim: 64,
+  decoder: {type: head.mae_decoder, embed_dim: 32, depth: 1, num_heads: 2, patch_size: 8, in_dim: 64,
             cls: encoder.cls, patches: encoder.patches, mask: mask.mask}
   target:  {type: target.patch_pixels, images: view.images, patch_size: 8}
   loss:    {type: loss.mse_masked, pred: decoder.pred, target: target.target, mask: mask.mask}
@@ -328,7 +328,7 @@ stages:
       view:    {type: augment.crop, images: batch.images}
       mask:    {type: mask.random, images: view.images, ratio: 0.75, patch_size: 8}
       encoder: {type: encoder.vit, patch_size: 8, depth: 1, embed_dim: 64, num_heads: 2, images: view.images, mask: mask.mask}
-      head:    {type: head.pixels, embed_dim: 64, patch_size: 8, tokens: encoder.patches}
+      head:    {type: head.pixels, in_dim: 64, patch_size: 8, tokens: encoder.patches}
       target:  {type: target.pixels, images: view.images, patch_size: 8}
       loss:    {type: loss.l1_masked, pred: head.pred, target: target.target, mask: mask.mask}
     objective: {loss: 1.0}
@@ -339,7 +339,7 @@ stages:
       view:    {type: augment.crop, images: batch.images}
       mask:    {type: mask.random, images: view.images, ratio: 0.75, patch_size: 8}
       encoder: {type: encoder.vit, patch_size: 8, depth: 1, embed_dim: 64, num_heads: 2, images: view.images, mask: mask.mask}
-      head:    {type: head.pixels, embed_dim: 64, patch_size: 8, tokens: encoder.patches}
+      head:    {type: head.pixels, in_dim: 64, patch_size: 8, tokens: encoder.patches}
       target:  {type: target.pixels, images: view.images, patch_size: 8}
       loss:    {type: loss.l1_masked, pred: head.pred, target: target.target, mask: mask.mask}
     objective: {loss: 1.0}

@@ -18,7 +18,7 @@ class FeatureHead(Component):
     """
 
     class Config(ComponentConfig):
-        embed_dim: int = Field(ge=1, description="width D of the input tokens (the encoder's embed_dim)")
+        in_dim: int = Field(ge=1, description="width D of the input tokens (the encoder's embed_dim)")
         out_dim: int = Field(768, ge=1, description="feature width F of the target (EVA: CLIP-L/14's 768)")
 
     inputs = {"tokens": In(TOKENS, "encoder patch tokens after the final norm")}
@@ -26,7 +26,7 @@ class FeatureHead(Component):
 
     def __init__(self, config: Config, ctx: BuildContext):
         super().__init__(config, ctx)
-        self.proj = nn.Linear(config.embed_dim, config.out_dim)
+        self.proj = nn.Linear(config.in_dim, config.out_dim)
         nn.init.trunc_normal_(self.proj.weight, std=0.02)
         nn.init.zeros_(self.proj.bias)
 

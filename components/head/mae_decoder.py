@@ -37,7 +37,7 @@ class MAEDecoder(Component):
         num_heads: int = Field(16, ge=1)
         mlp_ratio: float = Field(4.0, gt=0)
         patch_size: int = Field(16, ge=1, description="the encoder's patch size")
-        encoder_dim: int = Field(192, ge=8, description="width of the encoder tokens")
+        in_dim: int = Field(192, ge=8, description="width of the encoder tokens")
 
     inputs = {
         "cls": In(VECTOR, "encoder [CLS] token"),
@@ -52,7 +52,7 @@ class MAEDecoder(Component):
         if ctx.image_size % config.patch_size:
             raise ValueError(f"image size {ctx.image_size} is not divisible by patch size {config.patch_size}")
         grid = ctx.image_size // config.patch_size
-        self.embed = nn.Linear(config.encoder_dim, d)
+        self.embed = nn.Linear(config.in_dim, d)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
         self.register_buffer("pos_embed", sincos_2d(d, grid, grid, cls_token=True)[None], persistent=False)
         self.blocks = nn.Sequential(*[Block(d, config.num_heads, config.mlp_ratio, qkv_bias=True,

@@ -21,7 +21,7 @@ class PixelHead(Component):
     """tokens float[*,N,D] -> pred float[*,N,p*p*C] (C: the data's channels)."""
 
     class Config(ComponentConfig):
-        embed_dim: int = Field(ge=1, description="width D of the input tokens (the encoder's embed_dim)")
+        in_dim: int = Field(ge=1, description="width D of the input tokens (the encoder's embed_dim)")
         patch_size: int = Field(16, ge=1, description="encoder patch size p (SimMIM's encoder_stride)")
 
     inputs = {"tokens": In(TOKENS, "encoder patch tokens, all N (mask_mode replace)")}
@@ -29,7 +29,7 @@ class PixelHead(Component):
 
     def __init__(self, config: Config, ctx: BuildContext):
         super().__init__(config, ctx)
-        self.proj = nn.Linear(config.embed_dim, config.patch_size**2 * ctx.channels)
+        self.proj = nn.Linear(config.in_dim, config.patch_size**2 * ctx.channels)
 
     def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"pred": self.proj(tokens)}

@@ -20,7 +20,7 @@ class VocabHead(Component):
     """
 
     class Config(ComponentConfig):
-        embed_dim: int = Field(ge=1, description="width D of the input tokens (the encoder's embed_dim)")
+        in_dim: int = Field(ge=1, description="width D of the input tokens (the encoder's embed_dim)")
         num_codes: int = Field(8192, ge=2, description="vocabulary size K of the tokenizer (BEiT's DALL-E: 8192)")
 
     inputs = {"tokens": In(TOKENS, "encoder patch tokens after the final norm")}
@@ -28,7 +28,7 @@ class VocabHead(Component):
 
     def __init__(self, config: Config, ctx: BuildContext):
         super().__init__(config, ctx)
-        self.proj = nn.Linear(config.embed_dim, config.num_codes)
+        self.proj = nn.Linear(config.in_dim, config.num_codes)
         nn.init.trunc_normal_(self.proj.weight, std=0.02)
         nn.init.zeros_(self.proj.bias)
 

@@ -59,7 +59,7 @@ def test_restore_positions_equals_unshuffle():
 def test_decoder_predicts_every_patch_and_learns():
     torch.manual_seed(0)
     D, M = get("head.mae_decoder"), get("mask.random")
-    dec = D(D.Config(embed_dim=32, depth=1, num_heads=2, patch_size=4, encoder_dim=16), CTX)
+    dec = D(D.Config(embed_dim=32, depth=1, num_heads=2, patch_size=4, in_dim=16), CTX)
     mask = random_token_mask(2, 16, 0.75)
     out = dec(cls=torch.randn(2, 16), patches=torch.randn(2, 4, 16), mask=mask)["pred"]
     assert out.shape == (2, 16, 48)

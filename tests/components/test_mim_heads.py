@@ -13,7 +13,7 @@ CTX = BuildContext(image_size=32, channels=3)
 def test_pixel_head_is_simmims_conv1x1_and_pixel_shuffle():
     torch.manual_seed(0)
     p, c, d, gh = 4, 3, 16, 5
-    head = PixelHead(PixelHead.Config(embed_dim=d, patch_size=p), CTX)
+    head = PixelHead(PixelHead.Config(in_dim=d, patch_size=p), CTX)
     tokens = torch.randn(2, gh * gh, d)
     pred = head(tokens=tokens)["pred"]
     assert pred.shape == (2, gh * gh, p * p * c)
@@ -29,11 +29,11 @@ def test_pixel_head_is_simmims_conv1x1_and_pixel_shuffle():
 
 def test_vocab_and_feature_heads():
     torch.manual_seed(0)
-    vocab = VocabHead(VocabHead.Config(embed_dim=64, num_codes=512), CTX)
+    vocab = VocabHead(VocabHead.Config(in_dim=64, num_codes=512), CTX)
     logits = vocab(tokens=torch.randn(2, 3, 10, 64))["logits"]
     assert logits.shape == (2, 3, 10, 512)
     assert abs(vocab.proj.weight.std().item() - 0.02) < 0.003 and not vocab.proj.bias.any()
-    feats = FeatureHead(FeatureHead.Config(embed_dim=64, out_dim=48), CTX)
+    feats = FeatureHead(FeatureHead.Config(in_dim=64, out_dim=48), CTX)
     pred = feats(tokens=torch.randn(4, 10, 64))["pred"]
     assert pred.shape == (4, 10, 48)
     x = torch.randn(4, 10, 64)
