@@ -9,6 +9,7 @@ directory, MLflow 3's own default; ``MLFLOW_TRACKING_URI`` or
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+# One "View run ... at: URL" line per node run against a server is noise; graphssl prints the parent's URI itself.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 MAX_PARAM_CHARS = 6000
 BATCH_LIMIT = 1000
@@ -51,6 +54,9 @@ class Tracker:
         import mlflow
         from mlflow import MlflowClient
 
+        # MLflow's database set-up ("Creating initial MLflow database tables...") is not the user's news.
+        for name in ("mlflow.store.db.utils", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.uri = uri or default_tracking_uri()
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
