@@ -14,14 +14,15 @@ Writes benchmarks/results/overhead.json with the median step times and
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, THREADS_HELP, command, environment, median, paired_ratio, set_threads, write_result  # noqa: E402
 
 from graphssl.hooks import TrackingHook
 from graphssl.optim import build_optimizer, clip_gradients, set_lr_and_wd
@@ -33,7 +34,6 @@ from graphssl.tracking import Tracker
 from graphssl.train import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
-
 
 def hand_step(m: dict, data, optimizer, trainer: Trainer, step: int) -> None:
     """MAE written by hand against the same modules: what a user would write without graphssl."""
@@ -53,7 +53,7 @@ def hand_step(m: dict, data, optimizer, trainer: Trainer, step: int) -> None:
     if cfg.clip_grad is not None:
         clip_gradients(trainer.params, cfg.clip_grad, cfg.clip_mode)
     optimizer.step()
-    float(loss)  # the hand loop reads its loss too (to print it)
+    float(loss.detach())  # the hand loop reads its loss too (to print it)
 
 
 def main() -> None:
@@ -61,9 +61,12 @@ def main() -> None:
     parser.add_argument("--pipeline", default=str(ROOT / "pipelines/mae.yaml"))
     parser.add_argument("--steps-per-round", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/overhead.json"))
+    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    parser.add_argument("--out", default=str(RESULTS / "overhead.json"))
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    set_threads(args.threads)
+    env = environment("cpu")
 
     prepared = prepare(args.pipeline, ["device=cpu", *args.overrides])
     device = torch.device("cpu")
@@ -100,28 +103,23 @@ def main() -> None:
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k}={v[-1] * 1000:.0f} ms" for k, v in times.items()), flush=True)
         tracker.flush()
 
-    median = {k: statistics.median(v) for k, v in times.items()}
     # per-round ratios cancel slow drifts of the machine better than ratios of medians
-    graph_ratio = statistics.median(g / h for g, h in zip(times["graph"], times["hand"]))
-    tracking = statistics.median(t / g for t, g in zip(times["tracked"], times["graph"])) - 1
+    graph_ratio = paired_ratio(times["graph"], times["hand"])
+    tracking = paired_ratio(times["tracked"], times["graph"]) - 1
     result = {
-        "pipeline": Path(args.pipeline).name,
-        "overrides": args.overrides,
-        "batch_size": prepared.cfg.data.batch_size,
-        "rounds": args.rounds,
-        "steps_per_round": args.steps_per_round,
-        "median_step_s": median,
-        "step_time_ratio": graph_ratio,
-        "tracking_overhead": tracking,
-        "targets": {"step_time_ratio": 1.03, "tracking_overhead": 0.02},
+        "benchmark": "overhead",
+        "command": command(),
+        "environment": env,
+        "settings": {"pipeline": Path(args.pipeline).name, "overrides": args.overrides,
+                     "batch_size": prepared.cfg.data.batch_size, "rounds": args.rounds,
+                     "steps_per_round": args.steps_per_round, "log_every": prepared.cfg.train.log_every},
+        "median_step_s": {k: round(median(v), 5) for k, v in times.items()},
+        "step_time_ratio": round(graph_ratio, 4),
+        "tracking_overhead": round(tracking, 4),
+        "targets": {"step_time_ratio": "<= 1.03", "tracking_overhead": "<= 0.02"},
         "pass": graph_ratio <= 1.03 and tracking <= 0.02,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    sys.exit(0)
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ class TrainConfig(Strict):
     clip_mode: Literal["global", "per_tensor"] = "global"
     layer_decay: float = Field(1.0, gt=0, le=1, description="layer-wise lr decay (DINOv2 0.9); 1 = off")
     patch_embed_lr: float = Field(1.0, gt=0, description="lr multiplier of patch embeddings (DINOv2 0.2)")
-    log_every: int = Field(10, ge=1, description="steps between metric flushes to MLflow")
+    log_every: int = Field(10, ge=1, description="steps between node metrics in MLflow and progress lines")
     checkpoint_every: Optional[int] = Field(None, ge=1, description="steps between resumable checkpoints (also at the end)")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the forward pass")
     compile: bool = Field(False, description="torch.compile every module (first steps are slow)")

@@ -10,13 +10,18 @@ from graphssl.tracking import Tracker
 
 
 class TrackingHook:
-    """Writes parent-run metrics every step and node-run metrics every ``log_every`` steps, batched."""
+    """Records parent-run metrics every step and node-run metrics every ``log_every`` steps; writes them in
+    batches at most every ``flush_seconds`` (each write is a store transaction per run), at checkpoints, at the
+    last step and after every evaluation. The runner flushes whatever is left when the run ends, however it ends."""
 
-    def __init__(self, tracker: Tracker, parent: str, node_runs: dict[str, str], log_every: int):
+    def __init__(self, tracker: Tracker, parent: str, node_runs: dict[str, str], log_every: int,
+                 flush_seconds: float = 10.0):
         self.tracker = tracker
         self.parent = parent
         self.node_runs = node_runs
         self.log_every = log_every
+        self.flush_seconds = flush_seconds
+        self._last_flush = time.monotonic()
         self._seconds: dict[str, float] = {}
         self._calls: dict[str, int] = {}
 
@@ -46,7 +51,11 @@ class TrackingHook:
                 key = f"loss/{name}" if port == "loss" else f"loss/{name}.{port}"
                 if key in metrics:
                     t.metric(run, "loss" if port == "loss" else port, metrics[key], step)
-        t.flush()
+        every = trainer.cfg.train.checkpoint_every
+        due = step + 1 == trainer.cfg.train.steps or (every and (step + 1) % every == 0)  # the store keeps up with checkpoints
+        if due or time.monotonic() - self._last_flush >= self.flush_seconds:
+            t.flush()
+            self._last_flush = time.monotonic()
 
     def on_eval(self, trainer, step: int, results: dict[str, dict[str, float]]) -> None:
         for node, metrics in results.items():
@@ -55,6 +64,7 @@ class TrackingHook:
                 if node in self.node_runs:
                     self.tracker.metric(self.node_runs[node], key, value, step)
         self.tracker.flush()
+        self._last_flush = time.monotonic()
 
 
 class ConsoleHook:
