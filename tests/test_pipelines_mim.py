@@ -15,12 +15,12 @@ SMALL_VIT = ["depth=1", "embed_dim=64", "num_heads=2"]
 
 # node-size overrides that keep each run to a few seconds (the wiring is what is tested)
 RUNS = {
-    "simmim": [f"nodes.encoder.{o}" for o in SMALL_VIT] + ["nodes.head.embed_dim=64"],
+    "simmim": [f"nodes.encoder.{o}" for o in SMALL_VIT] + ["nodes.head.in_dim=64"],
     "beit": [f"stages.beit.nodes.encoder.{o}" for o in SMALL_VIT] + [
-        "stages.beit.nodes.head.embed_dim=64",
+        "stages.beit.nodes.head.in_dim=64",
         "stages.tokenizer.nodes.tokenizer.hidden_dim=16", "stages.tokenizer.nodes.tokenizer.num_res_blocks=0"],
     "eva": [f"stages.student.nodes.encoder.{o}" for o in SMALL_VIT] + [
-        "stages.student.nodes.head.embed_dim=64", "stages.teacher.nodes.decoder.depth=1",
+        "stages.student.nodes.head.in_dim=64", "stages.teacher.nodes.decoder.depth=1",
         "stages.teacher.nodes.encoder.depth=1"],
 }
 
