@@ -51,3 +51,22 @@ def test_readme_test_command_is_what_ci_runs():
     test_command = re.search(r"## Run the tests\n\n```bash\n(.*?)\n```", README, flags=re.S).group(1)
     assert "python3 -m pytest -q" in test_command
     assert ci.rstrip().endswith("python3 -m pytest -q")
+
+
+def test_readme_component_example_registers_and_computes_its_formula():
+    import torch
+
+    from graphssl.component import BuildContext
+    from graphssl.registry import get
+
+    code = re.search(r"## Write your own component\n.*?```python\n(.*?)```", README, flags=re.S).group(1)
+    namespace = {"__name__": "test_readme_component"}  # a test module's name: kept out of the shipped schema
+    exec(compile(code, "README.md", "exec"), namespace)
+    cls = get("loss.smooth_l1_masked")
+    assert cls is not None and cls.Config(beta=0.5).beta == 0.5
+    node = cls(cls.Config(beta=1.0), BuildContext(image_size=32, channels=3))
+    pred = torch.tensor([[[0.0, 0.0], [3.0, 1.0]]])
+    target = torch.tensor([[[0.5, 0.5], [0.0, 0.0]]])
+    mask = torch.tensor([[False, True]])
+    # only the masked token counts: mean(smooth_l1(3), smooth_l1(1)) = mean(3 - 0.5, 0.5 * 1^2) = 1.5
+    assert torch.isclose(node(pred=pred, target=target, mask=mask)["loss"], torch.tensor(1.5))
