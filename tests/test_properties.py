@@ -86,7 +86,7 @@ POOL = {
                  ["images", "mask"]),
     "head": ("head.pixels", {"in_dim": 16, "patch_size": 8}, ["tokens"]),
     "feat": ("head.features", {"in_dim": 16, "out_dim": 16}, ["tokens"]),
-    "pix": ("target.pixels", {"patch_size": 8}, ["images"]),
+    "pix": ("target.patch_pixels", {"patch_size": 8, "norm_pix": False}, ["images"]),
     "l1": ("loss.l1_masked", {}, ["pred", "target", "mask"]),
     "mse": ("loss.mse_masked", {}, ["pred", "target", "mask"]),
     "cos": ("loss.cosine_masked", {}, ["pred", "target", "mask"]),

@@ -81,7 +81,7 @@ def test_base_pipeline_is_valid(tmp_path):
 
 
 def test_dead_node_is_a_warning_not_an_error(tmp_path):
-    text = edit(("objective:", "  extra:   {type: target.pixels, images: view.images, patch_size: 8}\nobjective:"))
+    text = edit(("objective:", "  extra:   {type: target.patch_pixels, images: view.images, patch_size: 8, norm_pix: false}\nobjective:"))
     prepared = prepare(write(tmp_path, text))
     assert [w.path for w in prepared.warnings] == ["nodes.extra"]
     warning = prepared.warnings[0]
@@ -329,7 +329,7 @@ stages:
       mask:    {type: mask.random, images: view.images, ratio: 0.75, patch_size: 8}
       encoder: {type: encoder.vit, patch_size: 8, depth: 1, embed_dim: 64, num_heads: 2, images: view.images, mask: mask.mask}
       head:    {type: head.pixels, in_dim: 64, patch_size: 8, tokens: encoder.patches}
-      target:  {type: target.pixels, images: view.images, patch_size: 8}
+      target:  {type: target.patch_pixels, images: view.images, patch_size: 8, norm_pix: false}
       loss:    {type: loss.l1_masked, pred: head.pred, target: target.target, mask: mask.mask}
     objective: {loss: 1.0}
   second:
@@ -340,7 +340,7 @@ stages:
       mask:    {type: mask.random, images: view.images, ratio: 0.75, patch_size: 8}
       encoder: {type: encoder.vit, patch_size: 8, depth: 1, embed_dim: 64, num_heads: 2, images: view.images, mask: mask.mask}
       head:    {type: head.pixels, in_dim: 64, patch_size: 8, tokens: encoder.patches}
-      target:  {type: target.pixels, images: view.images, patch_size: 8}
+      target:  {type: target.patch_pixels, images: view.images, patch_size: 8, norm_pix: false}
       loss:    {type: loss.l1_masked, pred: head.pred, target: target.target, mask: mask.mask}
     objective: {loss: 1.0}
 """

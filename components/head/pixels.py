@@ -3,7 +3,7 @@
 SimMIM writes it as a 1x1 convolution D -> p*p*C followed by a pixel shuffle
 to the image; per token that is exactly a linear layer, and the pixel-shuffle
 layout is a fixed permutation of its outputs. This head emits the patches in
-graphssl's patchify layout, (p_row, p_col, C), so the target is ``target.pixels``.
+graphssl's patchify layout, (p_row, p_col, C), so the target is ``target.patch_pixels`` (``norm_pix: false``).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MAE's target: patchified input pixels, each patch standardised on its own (norm_pix_loss)."""
+"""Patch-pixel targets: the patchified input pixels (SimMIM), each patch standardised on its own (MAE's norm_pix_loss)."""
 from __future__ import annotations
 
 import torch
@@ -25,7 +25,8 @@ class PatchPixels(Component):
 
     class Config(ComponentConfig):
         patch_size: int = Field(16, ge=1)
-        norm_pix: bool = Field(True, description="standardise each patch by its own mean and variance (MAE)")
+        norm_pix: bool = Field(True, description="standardise each patch by its own mean and variance (MAE); "
+                                                 "false: the data-normalised pixels as they are (SimMIM)")
 
     inputs = {"images": In(IMAGES, "the images the student saw")}
     outputs = {"target": Out(PATCHES, "target pixels per patch")}

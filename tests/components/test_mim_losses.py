@@ -8,7 +8,7 @@ from graphssl.component import BuildContext
 from graphssl.components.loss.cosine_masked import CosineMaskedLoss
 from graphssl.components.loss.cross_entropy_masked import CrossEntropyMaskedLoss
 from graphssl.components.loss.l1_masked import L1MaskedLoss
-from graphssl.components.target.pixels import PixelTarget
+from graphssl.components.target.patch_pixels import PatchPixels
 from graphssl.ops.patches import patchify
 
 CTX = BuildContext(image_size=8, channels=3)
@@ -22,7 +22,7 @@ def test_l1_masked_equals_simmims_image_space_formula():
     # SimMIM's forward: the token mask upsampled to pixels
     pix = mask.view(b, size // p, size // p).repeat_interleave(p, 1).repeat_interleave(p, 2).unsqueeze(1).float()
     expected = (F.l1_loss(x, x_rec, reduction="none") * pix).sum() / (pix.sum() + 1e-5) / c
-    target = PixelTarget(PixelTarget.Config(patch_size=p), CTX)(images=x)["target"]
+    target = PatchPixels(PatchPixels.Config(patch_size=p, norm_pix=False), CTX)(images=x)["target"]
     torch.testing.assert_close(target, patchify(x, p))
     loss = L1MaskedLoss(L1MaskedLoss.Config(), CTX)(pred=patchify(x_rec, p), target=target, mask=mask)["loss"]
     torch.testing.assert_close(loss, expected)
