@@ -49,6 +49,8 @@ class TrainConfig(Strict):
     layer_decay: float = Field(1.0, gt=0, le=1, description="layer-wise lr decay (DINOv2 0.9); 1 = off")
     patch_embed_lr: float = Field(1.0, gt=0, description="lr multiplier of patch embeddings (DINOv2 0.2)")
     log_every: int = Field(10, ge=1, description="steps between node metrics in MLflow and progress lines")
+    flush_seconds: float = Field(10.0, ge=0, description="most seconds between metric writes to MLflow (also written "
+                                                         "at checkpoints, evaluations and the end); 0: every log_every steps")
     checkpoint_every: Optional[int] = Field(None, ge=1, description="steps between resumable checkpoints (also at the end)")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the forward pass")
     compile: bool = Field(False, description="torch.compile every module (first steps are slow)")

@@ -136,7 +136,8 @@ def train_stage(stage: Stage, plan: Plan, tracker: Tracker, run_id: str, artifac
     meta = {"stage": stage.name, "fingerprint": stage.fingerprint, "run_id": run_id, "node_runs": node_runs,
             "final": final, "parent_run_id": parent_run_id or run_id}
     checkpoints = CheckpointHook(state_path, cfg.train.checkpoint_every, meta)
-    hooks = [TrackingHook(tracker, run_id, node_runs, cfg.train.log_every), ConsoleHook(cfg.train.steps, cfg.train.log_every)]
+    hooks = [TrackingHook(tracker, run_id, node_runs, cfg.train.log_every, cfg.train.flush_seconds),
+             ConsoleHook(cfg.train.steps, cfg.train.log_every)]
     trainer = Trainer(cfg, executor, optimizer, data, (hooks if world.main else []) + [checkpoints], world, forward)
     status = "FAILED"
     try:

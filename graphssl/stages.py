@@ -73,7 +73,8 @@ def fingerprint(stage_raw: dict[str, Any], needed: list[str]) -> str:
     body = copy.deepcopy(stage_raw)
     for key in ("eval", "description", "device", "name"):
         body.pop(key, None)
-    body.get("train", {}).pop("log_every", None)
+    for key in ("log_every", "flush_seconds"):
+        body.get("train", {}).pop(key, None)
     payload = json.dumps({"stage": body, "needs": sorted(needed), "graphssl": graphssl.__version__}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -117,11 +117,14 @@ def test_metrics_survive_a_tracking_server_restart(workdir):
     store, port = f"sqlite:///{workdir / 'server.db'}", free_port()
     uri = f"http://127.0.0.1:{port}"
     server = start_server(store, port)
-    run = subprocess.Popen(graphssl_cmd("run", str(PIPELINES / "mae.yaml"), "--tracking-uri", uri, "train.steps=400", *TINY),
+    # flush_seconds=0: a write every step, so writes fail while the server is away
+    run = subprocess.Popen(graphssl_cmd("run", str(PIPELINES / "mae.yaml"), "--tracking-uri", uri, "train.steps=400",
+                                        "train.flush_seconds=0", *TINY),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        seen = 0
+        seen, lines = 0, []
         for line in run.stdout:
+            lines.append(line)
             if line.startswith("step "):
                 seen += 1
                 if seen == 3:
@@ -136,6 +139,8 @@ def test_metrics_survive_a_tracking_server_restart(workdir):
         run.kill()
         stop_server(server)
     assert run.returncode == 130, out[-2000:]
+    printed = "".join(lines) + out
+    assert "cannot be reached" in printed and "is back" in printed, printed[-2000:]  # writes failed, then delivered
     client = MlflowClient(store)
     (parent,) = [r for r in client.search_runs([client.get_experiment_by_name("graphssl").experiment_id])
                  if "mlflow.parentRunId" not in r.data.tags]
