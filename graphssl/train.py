@@ -97,7 +97,7 @@ class Trainer:
             losses = self.forward(batch)
             total = self.executor.total_loss(losses)
         if not torch.isfinite(total):
-            raise NonFiniteLoss(step, {n if p == "loss" else f"{n}.{p}": float(v) for (n, p), v in losses.items()})
+            raise NonFiniteLoss(step, {n if p == "loss" else f"{n}.{p}": float(v.detach()) for (n, p), v in losses.items()})
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if cfg.clip_grad is not None:
