@@ -24,3 +24,13 @@ def workdir(tmp_path, monkeypatch):
 
 def graphssl_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "graphssl", *args]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_stays_clean():
+    """Tests run pipelines in temporary folders: none may leave run outputs in the checkout."""
+    outputs = ("checkpoints", "mlruns", "mlartifacts", "mlflow.db")
+    before = {name for name in outputs if (REPO / name).exists()}
+    yield
+    created = [name for name in outputs if (REPO / name).exists() and name not in before]
+    assert not created, f"tests wrote run outputs into the repository: {created}"

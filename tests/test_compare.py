@@ -26,9 +26,12 @@ def store(tmp_path_factory):
     """Two short MAE runs (mask ratio 0.75 and 0.5) in a temporary SQLite store."""
     folder = tmp_path_factory.mktemp("compare")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    ids = [run(PIPELINES / "mae.yaml", TINY_MAE, tracking_uri=uri, experiment="cmp", run_name="mae-r75", log=lambda *a: None),
-           run(PIPELINES / "mae.yaml", [*TINY_MAE, "nodes.mask.ratio=0.5"], tracking_uri=uri, experiment="cmp",
-               run_name="mae-r50", log=lambda *a: None)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)  # checkpoints/ and the store's artifacts (mlruns/) go to the working directory
+        ids = [run(PIPELINES / "mae.yaml", TINY_MAE, tracking_uri=uri, experiment="cmp", run_name="mae-r75",
+                   log=lambda *a: None),
+               run(PIPELINES / "mae.yaml", [*TINY_MAE, "nodes.mask.ratio=0.5"], tracking_uri=uri, experiment="cmp",
+                   run_name="mae-r50", log=lambda *a: None)]
     return uri, ids, folder
 
 
