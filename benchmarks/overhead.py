@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, THREADS_HELP, command, environment, median, paired_ratio, set_threads, write_result  # noqa: E402
+from _common import (RESULTS, THREADS_HELP, command, environment, interleave, median, paired_ratio,  # noqa: E402
+                     set_threads, write_result)
 
 from graphssl.hooks import TrackingHook
 from graphssl.optim import build_optimizer, clip_gradients, set_lr_and_wd
@@ -81,26 +81,25 @@ def main() -> None:
         parent = tracker.create_run("bench", {})
         node_runs = {n: tracker.create_run(n, {}, parent=parent) for n in prepared.spec.nodes}
         tracked = Trainer(prepared.cfg, executor, optimizer, data,
-                          hooks=[TrackingHook(tracker, parent, node_runs, prepared.cfg.train.log_every)])
+                          hooks=[TrackingHook(tracker, parent, node_runs, prepared.cfg.train.log_every,
+                                             prepared.cfg.train.flush_seconds)])
+        step = [0]  # one step counter shared by the variants: schedules advance as in one run
+
+        def advancing(fn):
+            def run() -> None:
+                fn(step[0])
+                step[0] += 1
+            return run
+
         variants = {
-            "hand": lambda s: hand_step(modules, data, optimizer, plain, s),
-            "graph": lambda s: plain.train_step(s),
-            "tracked": lambda s: [h.on_step_end(tracked, s, tracked.train_step(s)) for h in tracked.hooks],
+            "hand": advancing(lambda s: hand_step(modules, data, optimizer, plain, s)),
+            "graph": advancing(plain.train_step),
+            "tracked": advancing(lambda s: [h.on_step_end(tracked, s, tracked.train_step(s)) for h in tracked.hooks]),
         }
         executor.train()
         for fn in variants.values():  # warm-up
-            fn(0)
-        times: dict[str, list[float]] = {k: [] for k in variants}
-        step = 1
-        for r in range(args.rounds):
-            order = list(variants) if r % 2 == 0 else list(reversed(variants))
-            for name in order:
-                start = time.perf_counter()
-                for _ in range(args.steps_per_round):
-                    variants[name](step)
-                    step += 1
-                times[name].append((time.perf_counter() - start) / args.steps_per_round)
-            print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k}={v[-1] * 1000:.0f} ms" for k, v in times.items()), flush=True)
+            fn()
+        times = interleave(variants, args.rounds, args.steps_per_round, device, log=lambda line: print(line, flush=True))
         tracker.flush()
 
     # per-round ratios cancel slow drifts of the machine better than ratios of medians

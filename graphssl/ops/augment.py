@@ -198,9 +198,8 @@ def _blend_towards(x: torch.Tensor, op: torch.Tensor, factor: torch.Tensor) -> t
     grey = rgb_to_grayscale(x)
     mean = grey.mean(dim=(-3, -2, -1), keepdim=True)
     op = op.view(-1, 1, 1, 1)
+    # on one-channel images grey is the image itself, so saturation is the identity there
     towards = torch.where(op == 2, grey, torch.where(op == 1, mean, torch.zeros_like(mean)))
-    if x.shape[1] == 1:  # saturation is the identity on one-channel images
-        towards = torch.where(op == 2, x, towards)
     f = _per_image(factor, x)
     return (f * x + (1 - f) * towards).clamp(0, 1)
 
