@@ -156,31 +156,19 @@ def build_benches(path: Path, overrides: list[str], device: torch.device, warmup
 
     Each stage runs ``warmup`` training steps here (first-call costs, optimiser state).
     """
-    from graphssl.executor import Executor
-    from graphssl.optim import build_optimizer
-    from graphssl.build import build_modules, load_data, make_context, seed_everything
-    from graphssl.stages import ModuleLoader, plan_pipeline
-    from graphssl.train import Trainer
+    from graphssl.build import build_trainer
+    from graphssl.plan import plan_pipeline
 
     plan = plan_pipeline(path, overrides)
     benches = []
     for name, stage in plan.stages.items():
-        label = f"{plan.name}.{name}" if plan.staged else plan.name
+        label = f"{plan.name}.{name}" if len(plan.stages) > 1 else plan.name
         if only_stage is not None and label != only_stage:
             continue
-        prepared = stage.prepared
-        seed_everything(prepared.cfg.seed)
         before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-        data = load_data(prepared, device)
-        modules = build_modules(prepared, make_context(prepared, data, device, ModuleLoader(plan, name, {}, device)))
-        if prepared.cfg.train.compile:
-            for module in modules.values():
-                if any(True for _ in module.parameters()):
-                    module.compile()
-        executor = Executor(prepared.spec, modules)
-        executor.train()
-        optimizer = build_optimizer(modules, prepared.cfg.train, device)
-        bench = Bench(label, Trainer(prepared.cfg, executor, optimizer, data, hooks=[]), prepared.cfg.data.batch_size)
+        trainer = build_trainer(stage, plan, device)
+        trainer.executor.train()
+        bench = Bench(label, trainer, stage.prepared.cfg.data.batch_size)
         for _ in range(warmup):
             bench.step()
         if device.type == "cuda":

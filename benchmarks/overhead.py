@@ -4,7 +4,8 @@ Three variants train the *same* modules on the same batches, interleaved in
 one process so machine noise hits all of them alike:
   hand     -- a hand-written PyTorch loop calling the modules directly;
   graph    -- graphssl's Trainer.train_step (executor, schedules, hooks list empty);
-  tracked  -- graph plus the MLflow TrackingHook writing to a temporary SQLite store.
+  tracked  -- graph plus the MLflow tracking plugin (node timers and statistics at log steps) writing to a
+              temporary SQLite store.
 Writes benchmarks/results/overhead.json with the median step times and
   step_time_ratio = graph / hand            (target <= 1.03)
   tracking_overhead = tracked / graph - 1   (target <= 0.02)
@@ -24,13 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (RESULTS, THREADS_HELP, command, environment, interleave, median, paired_ratio,  # noqa: E402
                      set_threads, write_result)
 
-from graphssl.hooks import TrackingHook
-from graphssl.optim import build_optimizer, clip_gradients, set_lr_and_wd
-from graphssl.build import build_modules, load_data, make_context, prepare, seed_everything
-from graphssl.executor import Executor
-from graphssl.schedules import value_at, warmup_cosine_lr
+from graphssl.build import build_trainer
 from graphssl.component import Progress
-from graphssl.tracking import Tracker
+from graphssl.mlflow_tracking import MlflowTracking
+from graphssl.optim import clip_gradients, set_lr_and_wd
+from graphssl.plan import plan_pipeline
+from graphssl.schedules import value_at, warmup_cosine_lr
 from graphssl.train import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,21 +68,22 @@ def main() -> None:
     set_threads(args.threads)
     env = environment("cpu")
 
-    prepared = prepare(args.pipeline, ["device=cpu", *args.overrides])
+    plan = plan_pipeline(args.pipeline, ["device=cpu", *args.overrides])
+    stage = plan.last
+    prepared = stage.prepared
     device = torch.device("cpu")
-    seed_everything(0)
-    data = load_data(prepared, device)
-    modules = build_modules(prepared, make_context(prepared, data, device))
-    executor = Executor(prepared.spec, modules)
-    optimizer = build_optimizer(modules, prepared.cfg.train, device)
-    plain = Trainer(prepared.cfg, executor, optimizer, data, hooks=[])
+    plain = build_trainer(stage, plan, device)
+    executor, optimizer, data = plain.executor, plain.optimizer, plain.data
+    modules = executor.components()
     with tempfile.TemporaryDirectory() as tmp:
-        tracker = Tracker(f"sqlite:///{tmp}/bench.db", "overhead")
-        parent = tracker.create_run("bench", {})
-        node_runs = {n: tracker.create_run(n, {}, parent=parent) for n in prepared.spec.nodes}
-        tracked = Trainer(prepared.cfg, executor, optimizer, data,
-                          hooks=[TrackingHook(tracker, parent, node_runs, prepared.cfg.train.log_every,
-                                             prepared.cfg.train.flush_seconds)])
+        tracking = MlflowTracking(f"sqlite:///{tmp}/bench.db", "overhead")
+        tracking.start_run(plan, "bench", {})
+        tracked = Trainer(prepared.cfg, executor, optimizer, data, hooks=[tracking])
+        tracked.hooks.on_stage_start(stage, tracked, None)
+
+        def tracked_step(s: int) -> None:
+            tracked.hooks.on_step_start(tracked, s)
+            tracked.hooks.on_step_end(tracked, s, tracked.train_step(s))
         step = [0]  # one step counter shared by the variants: schedules advance as in one run
 
         def advancing(fn):
@@ -94,13 +95,13 @@ def main() -> None:
         variants = {
             "hand": advancing(lambda s: hand_step(modules, data, optimizer, plain, s)),
             "graph": advancing(plain.train_step),
-            "tracked": advancing(lambda s: [h.on_step_end(tracked, s, tracked.train_step(s)) for h in tracked.hooks]),
+            "tracked": advancing(tracked_step),
         }
         executor.train()
         for fn in variants.values():  # warm-up
             fn()
         times = interleave(variants, args.rounds, args.steps_per_round, device, log=lambda line: print(line, flush=True))
-        tracker.flush()
+        tracking.tracker.flush()
 
     # per-round ratios cancel slow drifts of the machine better than ratios of medians
     graph_ratio = paired_ratio(times["graph"], times["hand"])

@@ -3,26 +3,34 @@
 prepare_loaded(): validate every section and the graph (no tensors);
 build_modules():  construct the modules in dependency order;
 dry_run():        run the graph forward and backward on a tiny real batch;
-check_plan():     dry-run every stage of a pipeline in order.
+build_trainer():  everything a stage trains with (data, modules, optimiser, DDP or FSDP), no hooks.
 An invalid pipeline raises PipelineError before anything is trained or logged.
+Planning (graphssl.plan) sits above this module, module files (graphssl.artifacts) below it.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from graphssl.artifacts import ModuleLoader
 from graphssl.component import BuildContext
-from graphssl.config import LoadedPipeline, PipelineConfig, load_yaml, validate_sections
+from graphssl.config import LoadedPipeline, PipelineConfig, validate_sections
+from graphssl.loading import load_yaml
 from graphssl.data import Data, DatasetMissing
 from graphssl.distributed import World
 from graphssl.errors import PipelineError, Problem
 from graphssl.executor import Executor, NodeError
 from graphssl.graph import GraphSpec, build_graph
-from graphssl.stages import ModuleLoader, Plan
+from graphssl.instrument import ShapeTrace
+
+if TYPE_CHECKING:
+    from graphssl.plan import Plan, Stage
+    from graphssl.train import Trainer
 
 
 @dataclass
@@ -75,7 +83,7 @@ def make_context(prepared: Prepared, data: Data | None, device: torch.device, lo
     cfg = prepared.cfg
     return BuildContext(image_size=cfg.data.image_size, channels=cfg.data.channels, total_steps=cfg.train.steps,
                         steps_per_epoch=data.steps_per_epoch if data else 1, device=device, data=data,
-                        load_module=loader or ModuleLoader(None, None, {}, device))
+                        load_module=loader or ModuleLoader(device=device))
 
 
 def build_modules(prepared: Prepared, ctx: BuildContext) -> dict[str, nn.Module]:
@@ -105,8 +113,8 @@ def dry_run(prepared: Prepared, device: torch.device, loader=None, batch_size: i
     """Build fresh modules and run one forward/backward on ``batch_size`` real images; returns output shapes."""
     seed_everything(prepared.cfg.seed)
     data = load_data(prepared, device, limit=batch_size)
-    executor = Executor(prepared.spec, build_modules(prepared, make_context(prepared, data, device, loader)))
-    executor.trace = {}
+    trace = ShapeTrace()
+    executor = Executor(prepared.spec, build_modules(prepared, make_context(prepared, data, device, loader)), [trace])
     try:
         executor.train()
         losses = executor(data.batch(0))
@@ -121,9 +129,52 @@ def dry_run(prepared: Prepared, device: torch.device, loader=None, batch_size: i
     total.backward()
     # DDP must search for parameters without gradients only when there are some
     prepared.unused_parameters = [n for n, p in executor.named_parameters() if p.requires_grad and p.grad is None]
-    return executor.trace
+    return trace.shapes
 
 
-def check_plan(plan: Plan, device: torch.device) -> dict[str, dict[str, dict[str, str]]]:
-    """Dry-run every stage in order (later stages load untrained modules of earlier ones)."""
-    return {name: dry_run(stage.prepared, device, ModuleLoader(plan, name, {}, device)) for name, stage in plan.stages.items()}
+def build_trainer(stage: "Stage", plan: "Plan", device: torch.device, world: World = World(),
+                  trained: dict[str, Path] | None = None) -> "Trainer":
+    """A stage ready to train as ``graphssl run`` trains it: data, modules (earlier stages' from ``trained``),
+    the executor, the optimiser, DDP or FSDP under torchrun; the trainer has no hooks yet."""
+    from graphssl.optim import build_optimizer
+    from graphssl.train import Trainer
+
+    prepared = stage.prepared
+    cfg = prepared.cfg
+    seed_everything(cfg.seed)
+    data = load_data(prepared, device, world=world)
+    modules = build_modules(prepared, make_context(prepared, data, device, plan.loader(stage.name, trained or {}, device)))
+    if world.distributed:  # same initial weights everywhere, different augmentations per rank
+        torch.manual_seed(cfg.seed + 1000003 * world.rank)
+    if cfg.train.compile:
+        for module in modules.values():
+            if any(True for _ in module.parameters()):
+                module.compile()
+    executor = Executor(prepared.spec, modules)
+    forward = None
+    if world.distributed and cfg.train.fsdp:
+        shard_modules(prepared, modules)
+    elif world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(executor, device_ids=[device.index] if device.type == "cuda" else None,
+                                          find_unused_parameters=bool(prepared.unused_parameters))
+    optimizer = build_optimizer(modules, cfg.train, device)  # after sharding: over the sharded parameters
+    return Trainer(cfg, executor, optimizer, data, world=world, forward=forward)
+
+
+def shard_modules(prepared: Prepared, modules: dict[str, nn.Module]) -> None:
+    """FSDP2: shard each module's ``fsdp_units()`` (encoder blocks), then the module itself."""
+    from torch.distributed.fsdp import fully_shard
+
+    owners = [n for n, node in prepared.spec.nodes.items() if node.role == "owner"]
+    if owners:
+        raise PipelineError([prepared.loaded.problem("train.fsdp", f"FSDP2 sharding does not support modules that keep copies "
+                                                                   f"of others yet ({', '.join(owners)}); use DDP (train.fsdp=false)")],
+                            prepared.source)
+    for module in modules.values():
+        if not any(p.requires_grad for p in module.parameters()):
+            continue
+        for unit in getattr(module, "fsdp_units", lambda: [])():
+            fully_shard(unit)
+        fully_shard(module)

@@ -3,16 +3,23 @@
 A checkpoint holds every node's module state (EMA copies, centers and
 codebooks included), the optimiser, the RNG states, the next step (the batch
 order is a function of seed and step, so that is the data position), the
-evaluation so far and the MLflow run ids to continue.
+evaluation so far and the tracking plugin's run ids to continue. It holds only
+tensors and plain values, and is read with ``torch.load(weights_only=True)``.
+
+Checkpoints are written every ``train.checkpoint_every`` steps and when a run is
+stopped, as ``checkpoints/RUN_ID/STAGE.stepN.state.pt``; the newest
+``train.keep_checkpoints`` of a stage are kept.
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from graphssl.hooks import RunHook
+from graphssl.io import WriteError, atomic_write
 
 CHECKPOINT_ROOT = "checkpoints"
 
@@ -36,32 +43,36 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    A failed write (disk full, ...) removes the temporary file and leaves the
-    previous checkpoint at ``path`` intact.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write a checkpoint atomically; a failed write (a full disk, ...) leaves the previous one intact."""
     try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except Exception as e:
-        tmp.unlink(missing_ok=True)
+        atomic_write(path, lambda f: torch.save(payload, f))
+    except WriteError as e:
         kept = f"the previous checkpoint {path} is intact" if path.exists() else "no earlier checkpoint exists"
-        raise CheckpointError(f"could not write checkpoint {path}: {e}; {kept}") from None
+        raise CheckpointError(f"{e}; {kept}") from None
 
 
 def load(path: Path) -> dict[str, Any]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+        reason = "it holds objects other than tensors and plain values" if "weights_only" in str(e) else str(e).splitlines()[0]
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {reason}") from None
+
+
+def checkpoint_path(folder: Path, stage: str, next_step: int) -> Path:
+    return folder / f"{stage}.step{next_step}.state.pt"
+
+
+def latest_checkpoints(folder: Path) -> dict[str, Path]:
+    """The newest checkpoint of each stage in ``folder``: {stage: path}."""
+    newest: dict[str, tuple[int, Path]] = {}
+    for path in folder.glob("*.state.pt"):
+        stage, _, step = path.name.removesuffix(".state.pt").rpartition(".step")
+        if stage and step.isdigit() and int(step) >= newest.get(stage, (-1, path))[0]:
+            newest[stage] = (int(step), path)
+    return {stage: path for stage, (_, path) in newest.items()}
 
 
 def run_dir(run_id: str) -> Path:
@@ -89,19 +100,31 @@ def restore(trainer, state: dict[str, Any]) -> int:
     return int(state["step"])
 
 
-class CheckpointHook:
-    """Saves the training state every ``every`` steps (and on demand); every rank calls it, rank 0 writes."""
+class CheckpointHook(RunHook):
+    """Saves the training state every ``every`` steps (and on demand), keeping the newest ``keep``;
+    every rank calls it, rank 0 writes. Never from a non-finite state."""
 
-    def __init__(self, path: Path, every: int | None, meta: dict[str, Any]):
-        self.path, self.every, self.meta = path, every, meta
+    def __init__(self, folder: Path, stage: str, every: int | None, keep: int, meta: dict[str, Any]):
+        self.folder, self.stage, self.every, self.keep, self.meta = folder, stage, every, keep, meta
 
     def save(self, trainer, next_step: int) -> Path:
+        trainer.check_finite(parameters=True)
         rng = gathered_rng(trainer.world)
         modules, optimizer = full_state(trainer)
+        path = checkpoint_path(self.folder, self.stage, next_step)
         if trainer.world.main:
             state = {"step": next_step, "modules": modules, "optimizer": optimizer, "rng": rng, **self.meta}
-            save_atomic(state, self.path)
-        return self.path
+            save_atomic(state, path)
+            self._prune()
+        trainer.hooks.on_checkpoint(trainer, path, next_step)
+        return path
+
+    def _prune(self) -> None:
+        mine = sorted((int(p.name.removesuffix(".state.pt").rpartition(".step")[2]), p)
+                      for p in self.folder.glob(f"{self.stage}.step*.state.pt")
+                      if p.name.removesuffix(".state.pt").rpartition(".step")[2].isdigit())
+        for _, old in mine[:-self.keep]:
+            old.unlink(missing_ok=True)
 
     def on_step_end(self, trainer, step: int, metrics: dict) -> None:
         if self.every and (step + 1) % self.every == 0 and step + 1 < trainer.cfg.train.steps:

@@ -62,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if (args.nproc_per_node or 1) * (args.nnodes or 1) > 1 and "WORLD_SIZE" not in os.environ:
         from graphssl.distributed import launch
-        from graphssl.stages import plan_pipeline
+        from graphssl.plan import plan_pipeline
 
         plan_pipeline(args.pipeline, args.overrides)  # report a broken pipeline once, before any process starts
         return launch(_without_launch_flags(args.argv), args.nproc_per_node or 1, args.nnodes or 1,
@@ -76,9 +76,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from graphssl.build import check_plan, resolve_device
-    from graphssl.stages import plan_pipeline
+    from graphssl.build import resolve_device
+    from graphssl.plan import check_plan, plan_pipeline
 
+    if not args.pipeline:
+        print("graphssl check: give a pipeline file, e.g. graphssl check pipelines/mae.yaml", file=sys.stderr)
+        return EXIT_INVALID
     plan = plan_pipeline(args.pipeline, args.overrides)
     first = next(iter(plan.stages.values())).prepared
     for stage in plan.stages.values():
@@ -86,9 +89,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(w.format(plan.source))
     shapes = check_plan(plan, resolve_device(first.cfg.device))
     n = sum(len(s.prepared.spec.nodes) for s in plan.stages.values())
-    print(f"{plan.source}: valid ({n} nodes{f', {len(plan.stages)} stages' if plan.staged else ''}); dry run on a tiny batch passed")
+    several = len(plan.stages) > 1
+    print(f"{plan.source}: valid ({n} nodes{f', {len(plan.stages)} stages' if several else ''}); dry run on a tiny batch passed")
     for stage_name, stage in plan.stages.items():
-        if plan.staged:
+        if several:
             needs = f" (needs {', '.join(stage.needs)})" if stage.needs else ""
             print(f"stage {stage_name}{needs}:")
         spec = stage.prepared.spec
@@ -158,8 +162,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_graph(args: argparse.Namespace) -> int:
     from graphssl.picture import draw_graph
-    from graphssl.stages import plan_pipeline
+    from graphssl.plan import plan_pipeline
 
+    if not args.pipeline:
+        print("graphssl graph: give a pipeline file, e.g. graphssl graph pipelines/mae.yaml -o mae.png", file=sys.stderr)
+        return EXIT_INVALID
     plan = plan_pipeline(args.pipeline, args.overrides)
     output = Path(args.output)
     for name, stage in plan.stages.items():
@@ -174,12 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def pipeline_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("pipeline", help="a pipeline YAML file")
-        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=50 data.batch_size=32")
+        p.add_argument("pipeline", nargs="?", metavar="PIPELINE", help="a pipeline YAML file")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="optional overrides, e.g. train.steps=50 data.batch_size=32")
 
     p = sub.add_parser("run", help="train a pipeline, tracked in MLflow")
-    p.add_argument("pipeline", nargs="?", help="a pipeline YAML file")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=50 data.batch_size=32")
+    p.add_argument("pipeline", nargs="?", metavar="PIPELINE", help="a pipeline YAML file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="optional overrides, e.g. train.steps=50 data.batch_size=32")
     p.add_argument("--from-run", metavar="RUN_ID", help="repeat a logged run from its resolved pipeline (overrides apply on top)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment name (default: graphssl)")

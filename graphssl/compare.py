@@ -1,15 +1,15 @@
 """``graphssl compare``: runs from the MLflow store side by side, as a table and a picture.
 
 The table has one row per run: pipeline, steps, images/s (median over steps),
-the final loss and its parts, and the final ``knn_top1`` and ``linear_top1``.
+the final loss and its parts, and every evaluator's final metric (``knn_top1``, ``linear_top1``, ...).
 The picture has the training-loss curves, the k-NN accuracy over the run
 (its value at initialisation at step 0, then every evaluation) and the final
 k-NN and linear-probe accuracies as bars.
 
 Without run ids, the finished parent runs (not node or stage runs) of the
-experiment are compared, newest first. A staged pipeline's curves come from
-its last stage's run (where training happened; a reused stage points to the
-run it reused).
+experiment are compared, newest first. The curves come from a run's last
+stage (a reused stage points to the run it reused); the evaluator metrics
+are the ones the run names in its ``graphssl.eval_metrics`` tag.
 """
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from graphssl.mlflow_tracking import EVAL_METRICS_TAG
 from graphssl.tracking import default_tracking_uri
-
-EVAL_METRICS = ("knn_top1", "linear_top1")
 
 
 class CompareError(Exception):
@@ -39,6 +38,7 @@ class RunSummary:
     final: dict[str, float]  # the parent's latest metrics
     losses: dict[str, float]  # "loss" and "loss/<node>" at the end
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
+    eval_metrics: list[str] = field(default_factory=list)  # the evaluators' metric names, e.g. knn_top1
 
     @property
     def label(self) -> str:
@@ -50,19 +50,8 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(s, v) for s, _, v in points]
 
 
-def _eval_history(client, run_id: str, key: str) -> list[tuple[int, float]]:
-    """An evaluation metric's points; a copy of the final value re-logged at step 0 after the run
-    (the pipeline-level summary of the last stage) is not a point of the curve."""
-    points = sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key))
-    if len(points) > 1 and points[0][0] == 0 and points[0][1] >= max(t for _, t, _ in points[1:]):
-        points = points[1:]
-    return [(s, v) for s, _, v in points]
-
-
 def _training_run(client, run) -> str:
-    """The run that holds the training curves: the parent itself, or a staged pipeline's last stage."""
-    if "loss" in run.data.metrics:
-        return run.info.run_id
+    """The run that holds the training curves: the run's last stage (or the run that stage reused)."""
     stages = client.search_runs([run.info.experiment_id],
                                 filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'",
                                 order_by=["attributes.start_time DESC"], max_results=200)
@@ -76,9 +65,10 @@ def _training_run(client, run) -> str:
 def summarize(client, run) -> RunSummary:
     tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
     source = _training_run(client, run)
+    eval_metrics = [k for k in tags.get(EVAL_METRICS_TAG, "").split(",") if k and not k.endswith("_init")]
     curves = {"loss": _history(client, source, "loss")}
-    for key in EVAL_METRICS:
-        points = _eval_history(client, source, key)
+    for key in eval_metrics:
+        points = _history(client, source, key)
         init = _history(client, source, f"{key}_init")
         if points or init:
             curves[key] = sorted([(0, v) for _, v in init[-1:]] + [(s + 1, v) for s, v in points])  # step s ends at s + 1
@@ -88,10 +78,14 @@ def summarize(client, run) -> RunSummary:
     if steps is None and curves["loss"]:
         steps = curves["loss"][-1][0] + 1
     losses = {k: v for k, v in source_metrics.items() if k == "loss" or k.startswith("loss/")}
-    final = {**{k: v for k, v in source_metrics.items() if k.endswith("_top1") or k.endswith("_top1_init")}, **metrics}
     return RunSummary(run.info.run_id, run.info.run_name or run.info.run_id[:8], tags.get("graphssl.pipeline", ""),
                       run.info.status, run.info.start_time or 0, int(steps) if steps is not None else None,
-                      statistics.median(speed[1:] or speed) if speed else None, final, losses, curves)
+                      statistics.median(speed[1:] or speed) if speed else None, dict(metrics), losses, curves, eval_metrics)
+
+
+def eval_metric_names(runs: list[RunSummary]) -> list[str]:
+    """The evaluator metrics of all runs, in the order they first appear."""
+    return list(dict.fromkeys(k for r in runs for k in r.eval_metrics))
 
 
 def find_runs(tracking_uri: str | None = None, experiment: str = "graphssl", run_ids: list[str] = (),
@@ -145,12 +139,13 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 
 def table_rows(runs: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
-    header = ["run", "id", "pipeline", "steps", "images/s", "loss", "losses", *EVAL_METRICS]
+    names = eval_metric_names(runs)
+    header = ["run", "id", "pipeline", "steps", "images/s", "loss", "losses", *names]
     rows = []
     for r in runs:
         parts = " ".join(f"{k.removeprefix('loss/')}={v:.4f}" for k, v in sorted(r.losses.items()) if k != "loss")
         evals = []
-        for key in EVAL_METRICS:
+        for key in names:
             value, init = r.final.get(key), r.final.get(f"{key}_init")
             evals.append(_fmt(value) + (f" (init {init:.4f})" if value is not None and init is not None else ""))
         rows.append([r.name, r.run_id[:8], r.pipeline or "-", str(r.steps or "-"), _fmt(r.images_per_s, 0),
@@ -183,6 +178,8 @@ def draw(runs: list[RunSummary], output: str | Path, title: str | None = None) -
     fig, (ax_loss, ax_knn, ax_bar) = plt.subplots(1, 3, figsize=(15, 4.6), gridspec_kw={"width_ratios": [1.25, 1, 0.9]})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     positive = True
+    names = eval_metric_names(runs)
+    styles = {key: ("-o", "--s", ":^", "-.v")[j % 4] for j, key in enumerate(names)}
     for i, r in enumerate(runs):
         color = colors[i % len(colors)]
         loss = r.curves.get("loss", [])
@@ -190,12 +187,12 @@ def draw(runs: list[RunSummary], output: str | Path, title: str | None = None) -
             steps, values = zip(*[(s + 1, v) for s, v in loss])
             ax_loss.plot(steps, values, color=color, lw=1.4, label=r.label)
             positive = positive and min(values) > 0
-        for key, style in (("knn_top1", "-o"), ("linear_top1", "--s")):
+        for key, style in styles.items():
             points = r.curves.get(key, [])
             if points:
                 steps, values = zip(*points)
                 ax_knn.plot(steps, values, style, color=color, ms=4, lw=1.2,
-                            label=f"{r.label} {'k-NN' if key == 'knn_top1' else 'linear'}")
+                            label=f"{r.label} {key}")
     if positive and ax_loss.lines:
         ax_loss.set_yscale("log")
         low, high = ax_loss.get_ylim()
@@ -208,24 +205,24 @@ def draw(runs: list[RunSummary], output: str | Path, title: str | None = None) -
     ax_loss.grid(alpha=0.3, which="both")
     if ax_loss.lines:
         ax_loss.legend(fontsize=8)
-    ax_knn.set(title="top-1 during training (step 0: at initialisation)\nk-NN solid, linear probe dashed", xlabel="step", ylabel="top-1 on the test split")
+    ax_knn.set(title="evaluation during training (step 0: at initialisation)", xlabel="step", ylabel="on the test split")
     ax_knn.grid(alpha=0.3)
     if ax_knn.lines:
         ax_knn.legend(fontsize=7)
 
-    width = 0.8 / len(EVAL_METRICS)
-    for j, key in enumerate(EVAL_METRICS):
-        xs = [i + (j - (len(EVAL_METRICS) - 1) / 2) * width for i in range(len(runs))]
+    width = 0.8 / max(1, len(names))
+    for j, key in enumerate(names):
+        xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(runs))]
         values = [r.final.get(key, 0.0) for r in runs]
         bars = ax_bar.bar(xs, values, width * 0.95, color=[colors[i % len(colors)] for i in range(len(runs))],
                           alpha=1.0 if j == 0 else 0.55, hatch=None if j == 0 else "//", edgecolor="white",
-                          label="k-NN" if key == "knn_top1" else "linear probe")
+                          label=key)
         for bar, r in zip(bars, runs):
             if key in r.final:
                 ax_bar.annotate(f"{r.final[key]:.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                                 ha="center", va="bottom", fontsize=7)
     ax_bar.set_xticks(range(len(runs)), [r.name for r in runs], rotation=20 if len(runs) > 3 else 0, fontsize=8)
-    ax_bar.set(title="final top-1 (solid: k-NN, hatched: linear)", ylim=(0, 1.05))
+    ax_bar.set(title="final evaluation (" + ", ".join(names) + ")", ylim=(0, 1.05))
     ax_bar.grid(alpha=0.3, axis="y")
     if title:
         fig.suptitle(title)

@@ -1,19 +1,15 @@
-"""Pipeline YAML: loading (OmegaConf, overrides) and the pydantic schema.
+"""The pydantic schema of pipeline files, and pipeline problems with their YAML paths and lines.
 
-The ``nodes`` section is validated per component by :mod:`graphssl.graph`;
-everything else is validated here.
+Reading files is :mod:`graphssl.loading`'s; the ``nodes`` section is validated
+per component by :mod:`graphssl.graph`; everything else is validated here.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal, Optional, get_args, get_origin
 
-import yaml
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from graphssl.errors import PipelineError, Problem, did_you_mean
+from graphssl.errors import Problem, did_you_mean
 from graphssl.schedules import Scheduled
 
 
@@ -51,7 +47,9 @@ class TrainConfig(Strict):
     log_every: int = Field(10, ge=1, description="steps between node metrics in MLflow and progress lines")
     flush_seconds: float = Field(10.0, ge=0, description="most seconds between metric writes to MLflow (also written "
                                                          "at checkpoints, evaluations and the end); 0: every log_every steps")
-    checkpoint_every: Optional[int] = Field(None, ge=1, description="steps between resumable checkpoints (also at the end)")
+    checkpoint_every: Optional[int] = Field(None, ge=1, description="steps between resumable checkpoints "
+                                                                   "(one is also written when a run is stopped)")
+    keep_checkpoints: int = Field(2, ge=1, description="how many of a stage's newest checkpoints to keep")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the forward pass")
     compile: bool = Field(False, description="torch.compile every module (first steps are slow)")
     fsdp: bool = Field(False, description="shard parameters with FSDP2 (fully_shard) instead of DDP, under torchrun")
@@ -62,13 +60,20 @@ class EvalConfig(Strict):
     limit: int = Field(2000, ge=10, description="images per evaluation set (bank and queries)")
 
 
-class PipelineConfig(Strict):
+class PipelineHeader(Strict):
+    """What every pipeline file and every stage share."""
+
     name: str
     description: str = ""
     seed: int = 0
     deterministic: bool = Field(False, description="torch deterministic algorithms: bit-identical reruns")
     device: Literal["cpu", "cuda", "auto"] = "auto"
     vars: dict[str, Any] = Field(default_factory=dict, description="free values for ${vars.x} interpolation")
+
+
+class PipelineConfig(PipelineHeader):
+    """One stage, resolved: a plain pipeline file, or a stage with the file's sections merged in."""
+
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -88,15 +93,9 @@ class StageConfig(Strict):
     objective: dict[str, float]
 
 
-class StagedPipelineConfig(Strict):
+class StagedPipelineConfig(PipelineHeader):
     """A pipeline of stages that form a DAG (BEiT: tokenizer, then BEiT; EVA: teacher, then student)."""
 
-    name: str
-    description: str = ""
-    seed: int = 0
-    deterministic: bool = Field(False, description="torch deterministic algorithms: bit-identical reruns")
-    device: Literal["cpu", "cuda", "auto"] = "auto"
-    vars: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     eval: dict[str, Any] = Field(default_factory=dict)
@@ -104,44 +103,6 @@ class StagedPipelineConfig(Strict):
 
 
 SECTION_MODELS: dict[str, type[BaseModel]] = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
-
-
-def yaml_lines(text: str, duplicates: list[Problem] | None = None) -> dict[str, int]:
-    """Map dotted YAML paths to 1-based line numbers (for error messages).
-
-    A key repeated in one mapping (which PyYAML silently resolves to the last
-    value) is appended to ``duplicates`` as a Problem at its second line.
-    """
-    lines: dict[str, int] = {}
-
-    def walk(node: yaml.Node, path: str) -> None:
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[tuple[str, str], int] = {}
-            for key, value in node.value:
-                sub = f"{path}.{key.value}" if path else str(key.value)
-                line = key.start_mark.line + 1
-                ident = (key.tag, str(key.value))
-                if isinstance(key, yaml.ScalarNode) and key.value != "<<" and ident in seen:
-                    if duplicates is not None:
-                        duplicates.append(Problem(sub, f"duplicate key {key.value!r} (first at line {seen[ident]}); "
-                                                       "YAML would silently keep only the last one", line))
-                    walk(value, sub)
-                    continue
-                seen[ident] = line
-                lines[sub] = line
-                walk(value, sub)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                lines[f"{path}.{i}"] = item.start_mark.line + 1
-                walk(item, f"{path}.{i}")
-
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        return lines
-    if root is not None:
-        walk(root, "")
-    return lines
 
 
 def line_of(lines: dict[str, int], path: str) -> int | None:
@@ -153,43 +114,6 @@ def line_of(lines: dict[str, int], path: str) -> int | None:
             return found
         parts.pop()
     return None
-
-
-def _override_known(raw: dict[str, Any], key: str) -> tuple[bool, list[str]]:
-    """Is an override key a real key (in the file or the schema)? Also candidates for a hint."""
-    parts = key.split(".")
-    node: Any = raw
-    for i, part in enumerate(parts):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-            continue
-        if i == 0:
-            return part in PipelineConfig.model_fields, list(PipelineConfig.model_fields)
-        if i == 1 and parts[0] in SECTION_MODELS:
-            fields = list(SECTION_MODELS[parts[0]].model_fields)
-            return part in fields and len(parts) == 2, fields
-        if parts[0] in ("nodes", "vars") and i >= 2:
-            return True, []  # a node parameter: the component's schema decides
-        if parts[0] == "stages" and len(parts) > 3 and parts[2] in SECTION_MODELS and i == 3:
-            fields = list(SECTION_MODELS[parts[2]].model_fields)
-            return part in fields and len(parts) == 4, fields
-        if parts[0] == "stages" and len(parts) > 3 and parts[2] == "nodes" and i >= 4:
-            return True, []
-        if parts[0] in SECTION_MODELS and i == 1 and "stages" in raw:
-            fields = list(SECTION_MODELS[parts[0]].model_fields)
-            return part in fields and len(parts) == 2, fields
-        return False, list(node) if isinstance(node, dict) else []
-    return True, []
-
-
-def _first_missing(raw: dict[str, Any], key: str) -> str:
-    """The first part of a dotted key that the file does not have (the one to suggest a fix for)."""
-    node: Any = raw
-    for part in key.split("."):
-        if not (isinstance(node, dict) and part in node):
-            return part
-        node = node[part]
-    return key.split(".")[-1]
 
 
 class LoadedPipeline:
@@ -211,57 +135,6 @@ class LoadedPipeline:
         if self.prefix and (path.startswith(("nodes", "objective")) or f"{self.prefix}{path}" in self.lines or not path):
             path = f"{self.prefix}{path}".rstrip(".")
         return Problem(path, message, line_of(self.lines, path), warning)
-
-
-def load_yaml(path: str | Path, overrides: list[str] = ()) -> LoadedPipeline:
-    """Parse the file, apply ``key=value`` overrides and resolve interpolation.
-
-    Raises PipelineError (every problem at once) on a syntax error, a bad
-    override or a broken interpolation.
-    """
-    source = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise PipelineError([Problem("", f"cannot read the pipeline file: {e.strerror}")], source) from None
-    except UnicodeDecodeError as e:
-        raise PipelineError([Problem("", f"cannot read the pipeline file: not UTF-8 text ({e.reason})")], source) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        what = getattr(e, "problem", None) or str(e)
-        raise PipelineError([Problem("", f"YAML syntax error at {where}{what}", mark.line + 1 if mark else None)], source) from None
-    if not isinstance(data, dict):
-        raise PipelineError([Problem("", "a pipeline file must be a YAML mapping (name:, data:, train:, nodes:, ...)")], source)
-    duplicates: list[Problem] = []
-    lines = yaml_lines(text, duplicates)
-    if duplicates:
-        raise PipelineError(sorted(duplicates, key=lambda p: p.line or 0), source)
-    problems: list[Problem] = []
-    dotlist = []
-    for item in overrides:
-        key, sep, _ = item.partition("=")
-        if not sep or not key:
-            problems.append(Problem(item or "override", f"override {item!r}: overrides are written key=value, e.g. train.steps=50"))
-            continue
-        known, candidates = _override_known(data, key)
-        if not known:
-            hint = did_you_mean(_first_missing(data, key), candidates)
-            problems.append(Problem(key, f"override of a key that does not exist{hint}"))
-            continue
-        dotlist.append(item)
-    if problems:
-        raise PipelineError(problems, source)
-    try:
-        conf = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(dotlist))
-        resolved = OmegaConf.to_container(conf, resolve=True)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", "") or ""
-        msg = str(e).splitlines()[0]
-        raise PipelineError([Problem(str(key), f"cannot resolve: {msg}", line_of(lines, str(key)))], source) from None
-    return LoadedPipeline(source, resolved, lines, overrides=dotlist)
 
 
 def validate_sections(loaded: LoadedPipeline) -> tuple[PipelineConfig | None, list[Problem]]:

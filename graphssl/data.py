@@ -211,6 +211,13 @@ class Data:
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         return {"images": self.to_input(self.train.images[self.batch_indices(step)])}
 
+    def batches(self, start_step: int = 0):
+        """The batches of steps ``start_step``, ``start_step + 1``, ... (what the trainer iterates)."""
+        step = start_step
+        while True:
+            yield self.batch(step)
+            step += 1
+
     def eval_set(self, split: str, limit: int) -> ImageSet:
         """The first ``limit`` images of a labelled split (uint8, not normalised)."""
         key = (split, limit)

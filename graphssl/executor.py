@@ -1,7 +1,8 @@
 """Runs a validated graph for one batch: nodes in topological order, weighted losses summed.
 
-Free of side effects: it neither logs, nor checkpoints, nor steps an optimiser.
-The trainer and its hooks do that around it.
+Free of side effects: it neither logs, nor checkpoints, nor steps an optimiser, nor
+keeps instrumentation state. Node hooks (timers, output statistics, shape checks) see
+every node's inputs, outputs and time; the trainer and its run hooks do the rest.
 """
 from __future__ import annotations
 
@@ -13,6 +14,16 @@ import torch
 from torch import nn
 
 from graphssl.graph import SOURCE, GraphSpec, NodeSpec, Ref
+
+
+class NodeHook:
+    """Called around every node call of a forward pass; the defaults do nothing."""
+
+    def before_node(self, node: NodeSpec, inputs: dict[str, Any]) -> None:
+        pass
+
+    def after_node(self, node: NodeSpec, outputs: dict[str, Any], seconds: float) -> None:
+        pass
 
 
 class NodeError(Exception):
@@ -55,16 +66,12 @@ def resolve_module(spec: NodeSpec, modules: dict[str, nn.Module]) -> nn.Module:
 class Executor(nn.Module):
     """Holds every node's module and runs the graph forward."""
 
-    def __init__(self, spec: GraphSpec, modules: dict[str, nn.Module]):
+    def __init__(self, spec: GraphSpec, modules: dict[str, nn.Module], hooks: list[NodeHook] = ()):
         super().__init__()
         self.spec = spec
         self.nodes = nn.ModuleDict(modules)
         self.plan = self._plan(spec, modules)
-        self.node_seconds: dict[str, float] = {n: 0.0 for n in spec.order}
-        self.node_calls: dict[str, int] = {n: 0 for n in spec.order}
-        self.collect_stats = False
-        self.trace: dict[str, dict[str, str]] | None = None  # set to {} to record output shapes
-        self.stats: dict[str, dict[str, torch.Tensor]] = {}
+        self.hooks: list[NodeHook] = list(hooks)
 
     @staticmethod
     def _plan(spec: GraphSpec, modules: dict[str, nn.Module]) -> list[PlannedNode]:
@@ -92,6 +99,8 @@ class Executor(nn.Module):
                           for port, refs in planned.inputs.items()}
             except KeyError as e:
                 raise NodeError(name, planned.spec.type_name, {}, KeyError(f"input {e.args[0]} was not produced")) from None
+            for hook in self.hooks:
+                hook.before_node(planned.spec, kwargs)
             start = time.perf_counter()
             try:
                 with torch.set_grad_enabled(torch.is_grad_enabled() and not planned.no_grad):
@@ -100,15 +109,11 @@ class Executor(nn.Module):
                 raise
             except Exception as e:
                 raise NodeError(name, planned.spec.type_name, kwargs, e) from e
-            self.node_seconds[name] += time.perf_counter() - start
-            self.node_calls[name] += 1
+            seconds = time.perf_counter() - start
+            for hook in self.hooks:
+                hook.after_node(planned.spec, outputs, seconds)
             for port, value in outputs.items():
                 values[(name, port)] = value
-            if self.trace is not None:
-                self.trace[name] = {port: describe(v) for port, v in outputs.items()}
-            if self.collect_stats:
-                self.stats[name] = {f"{port}_std": v.detach().float().std() for port, v in outputs.items()
-                                    if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel() > 1}
             for ref in planned.release:
                 values.pop(ref, None)
         missing = [f"{n}.{p}" for n, p in self.spec.objective if (n, p) not in values]

@@ -237,7 +237,7 @@ def schema_errors(path: str | Path, schema: dict[str, Any] | None = None) -> lis
     """The schema's complaints about a pipeline file as an editor would show them: "line N: path: message"."""
     import jsonschema
 
-    from graphssl.config import yaml_lines
+    from graphssl.loading import yaml_lines
 
     text = Path(path).read_text()
     try:

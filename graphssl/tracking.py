@@ -82,7 +82,7 @@ class Tracker:
     def create_run(self, name: str, tags: dict[str, str], parent: str | None = None) -> str:
         if parent is not None:
             tags = {**tags, "mlflow.parentRunId": parent}
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()})
         return run.info.run_id
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
@@ -104,16 +104,18 @@ class Tracker:
         self.safely(f"mark run {run_id} {status}", self.client.set_terminated, run_id, status)
 
     # -- metrics --------------------------------------------------------------
-    def metric(self, run_id: str, key: str, value: float, step: int) -> None:
-        from mlflow.entities import Metric
-
-        self._buffers.setdefault(run_id, []).append(Metric(key, float(value), int(time.time() * 1000), step))
+    def metric(self, run_id: str, key: str, value, step: int) -> None:
+        """Buffer a point; ``value`` may be a device tensor, read only when the buffer is written."""
+        self._buffers.setdefault(run_id, []).append((key, value, int(time.time() * 1000), step))
 
     def flush(self) -> bool:
         """Write the buffered metrics. If the store cannot be reached they stay buffered
         (and are retried at the next flush); returns whether everything was written."""
+        from mlflow.entities import Metric
+
         for run_id in list(self._buffers):
             metrics = self._buffers[run_id]
+            metrics[:] = [m if isinstance(m, Metric) else Metric(m[0], float(m[1]), m[2], m[3]) for m in metrics]
             while metrics:
                 try:
                     self.client.log_batch(run_id, metrics=metrics[:BATCH_LIMIT])
@@ -153,46 +155,3 @@ class Tracker:
         except Exception as e:
             self.warn(f"warning: could not {what} in the tracking store ({type(e).__name__}: {e})")
             return None
-
-
-class NullTracker:
-    """What ranks other than 0 use: every write is a no-op (only rank 0 talks to MLflow)."""
-
-    uri = ""
-    experiment_id = ""
-
-    class _Client:
-        def update_run(self, *args, **kwargs) -> None:
-            pass
-
-    client = _Client()
-
-    def create_run(self, *args, **kwargs) -> str:
-        return ""
-
-    def log_params(self, *args, **kwargs) -> None:
-        pass
-
-    def set_tags(self, *args, **kwargs) -> None:
-        pass
-
-    def log_artifact(self, *args, **kwargs) -> None:
-        pass
-
-    def end_run(self, *args, **kwargs) -> None:
-        pass
-
-    def metric(self, *args, **kwargs) -> None:
-        pass
-
-    def flush(self) -> bool:
-        return True
-
-    def pending(self) -> int:
-        return 0
-
-    def dump_pending(self, path: Path) -> None:
-        return None
-
-    def safely(self, what: str, fn, *args, **kwargs):
-        return None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 from torch import nn
@@ -12,12 +12,13 @@ from graphssl.component import Component, Progress, has_hook
 from graphssl.config import PipelineConfig
 from graphssl.distributed import World, any_rank, barrier
 from graphssl.executor import Executor
+from graphssl.hooks import Hooks, RunHook
 from graphssl.optim import clip_gradients, set_lr_and_wd
 from graphssl.schedules import scaled_lr, value_at, warmup_cosine_lr
 
 
 class NonFiniteLoss(Exception):
-    """A loss became NaN or infinite: the run stops (the last good checkpoint is kept)."""
+    """A loss (or, at a checkpoint, a parameter) became NaN or infinite: the run stops, the last good checkpoint is kept."""
 
     def __init__(self, step: int, losses: dict[str, float], note: str = ""):
         self.step = step
@@ -26,23 +27,17 @@ class NonFiniteLoss(Exception):
         super().__init__(f"non-finite loss at step {step}: " + ", ".join(f"{k}={v}" for k, v in self.bad.items()) + note)
 
 
-class Hook(Protocol):
-    def on_step_end(self, trainer: "Trainer", step: int, metrics: dict[str, torch.Tensor | float]) -> None: ...
-    def on_eval(self, trainer: "Trainer", step: int, results: dict[str, dict[str, float]]) -> None: ...
-
-
 class Trainer:
     def __init__(self, cfg: PipelineConfig, executor: Executor, optimizer: torch.optim.Optimizer, data,
-                 hooks: list = (), world: World = World(), forward: nn.Module | None = None):
+                 hooks: list[RunHook] = (), world: World = World(), forward: nn.Module | None = None):
         self.cfg = cfg
         self.executor = executor
         self.world = world
         self.forward = forward or executor  # DistributedDataParallel(executor) under torchrun
-        world_size = world.size
         self.optimizer = optimizer
         self.data = data
-        self.hooks = list(hooks)
-        self.global_batch = cfg.data.batch_size * world_size
+        self.hooks = Hooks(list(hooks))
+        self.global_batch = cfg.data.batch_size * world.size
         self.peak_lr = scaled_lr(cfg.train.lr, self.global_batch, cfg.train.lr_scaling)
         warmup = cfg.train.warmup
         self.warmup_steps = int(warmup) if warmup >= 1 else round(warmup * cfg.train.steps)
@@ -54,6 +49,10 @@ class Trainer:
         self._after = [c for c in comps if has_hook(c, "after_step")]
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.step = 0
+        # losses of the steps not yet checked for finiteness (checked every step on a CPU, where reading
+        # a value is free; on a GPU at log steps and before every checkpoint, to keep the device busy)
+        self._unchecked: list[tuple[int, dict[str, torch.Tensor]]] = []
+        self._check_every_step = data.device.type == "cpu"
 
     def resolve(self, name: str) -> nn.Module:
         """A module by node name, or an owner's copy by "owner.node"."""
@@ -70,6 +69,7 @@ class Trainer:
                if force or ((ev.config.every or self.cfg.eval.every) and (step + 1) % (ev.config.every or self.cfg.eval.every) == 0)]
         if not due:
             return results
+        self.hooks.on_eval_start(self, step, [n for n, _ in due], initial=suffix == "_init")
         # Sharded (FSDP) modules need every rank in their forward; otherwise rank 0 evaluates alone.
         if self.world.main or self.cfg.train.fsdp:
             for name, ev in due:
@@ -78,12 +78,11 @@ class Trainer:
         barrier(self.world)
         if not self.world.main:
             results = {}
-        for hook in self.hooks:
-            if results and hasattr(hook, "on_eval"):
-                hook.on_eval(self, step, results)
+        if results:
+            self.hooks.on_eval(self, step, results)
         return results
 
-    def train_step(self, step: int) -> dict[str, torch.Tensor | float]:
+    def train_step(self, step: int, batch: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor | float]:
         cfg = self.cfg.train
         progress = Progress(step, cfg.steps, self.data.steps_per_epoch)
         lr = warmup_cosine_lr(step, cfg.steps, self.peak_lr, self.warmup_steps, cfg.min_lr)
@@ -92,12 +91,15 @@ class Trainer:
         for c in self._before:
             c.before_step(progress)
         start = time.perf_counter()
-        batch = self.data.batch(step)
+        if batch is None:
+            batch = self.data.batch(step)
         with torch.autocast(self.data.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
             losses = self.forward(batch)
             total = self.executor.total_loss(losses)
-        if not torch.isfinite(total):
-            raise NonFiniteLoss(step, {n if p == "loss" else f"{n}.{p}": float(v.detach()) for (n, p), v in losses.items()})
+        named = {n if p == "loss" else f"{n}.{p}": v.detach() for (n, p), v in losses.items()}
+        self._unchecked.append((step, {"loss": total.detach(), **named}))
+        if self._check_every_step:
+            self.check_finite()
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if cfg.clip_grad is not None:
@@ -114,19 +116,42 @@ class Trainer:
         metrics.update({"lr": lr, "weight_decay": wd, "step_time_s": seconds, "images_per_s": self.global_batch / seconds})
         return metrics
 
+    def check_finite(self, parameters: bool = False) -> None:
+        """Raise NonFiniteLoss for the first unchecked step whose loss is not finite (one device read);
+        with ``parameters``, also when a trainable parameter is (before a checkpoint is written)."""
+        if self._unchecked:
+            totals = torch.stack([losses["loss"].float() for _, losses in self._unchecked])
+            finite = torch.isfinite(totals)
+            if not bool(finite.all()):
+                step, losses = self._unchecked[int((~finite).nonzero()[0])]
+                self._unchecked.clear()
+                raise NonFiniteLoss(step, {k: float(v) for k, v in losses.items() if k != "loss" or len(losses) == 1})
+            self._unchecked.clear()
+        if parameters and self.params:
+            finite = torch.stack([torch.isfinite(p.detach()).all() for p in self.params])
+            if not bool(finite.all()):
+                name = next(n for n, p in self.executor.named_parameters() if not bool(torch.isfinite(p.detach()).all()))
+                raise NonFiniteLoss(self.step, {name: float("nan")}, note=" (a parameter became non-finite)")
+
     def fit(self, start_step: int = 0, should_stop: Callable[[], bool] = lambda: False) -> bool:
         """Train from ``start_step``; returns False if ``should_stop`` ended it early."""
         self.executor.train()
-        for step in range(start_step, self.cfg.train.steps):
+        steps, log_every = self.cfg.train.steps, self.cfg.train.log_every
+        batches = self.data.batches(start_step)
+        for step in range(start_step, steps):
             self.step = step
-            log_now = (step + 1) % self.cfg.train.log_every == 0 or step + 1 == self.cfg.train.steps
-            self.executor.collect_stats = log_now
-            metrics = self.train_step(step)
-            for hook in self.hooks:
-                hook.on_step_end(self, step, metrics)
-            if step + 1 < self.cfg.train.steps:
+            self.hooks.on_step_start(self, step)
+            waited = time.perf_counter()
+            batch = next(batches)
+            waited = time.perf_counter() - waited
+            metrics = self.train_step(step, batch)
+            metrics["data_wait_s"] = waited
+            if (step + 1) % log_every == 0 or step + 1 == steps:
+                self.check_finite()
+            self.hooks.on_step_end(self, step, metrics)
+            if step + 1 < steps:
                 self.evaluate(step, force=False)
             self.step = step + 1
-            if any_rank(should_stop(), self.world) and step + 1 < self.cfg.train.steps:
+            if any_rank(should_stop(), self.world) and step + 1 < steps:
                 return False
         return True

@@ -34,3 +34,19 @@ def repository_stays_clean():
     yield
     created = [name for name in outputs if (REPO / name).exists() and name not in before]
     assert not created, f"tests wrote run outputs into the repository: {created}"
+
+
+def stage_run(client, run, stage: str | None = None):
+    """The stage run of a parent run (its only or its named stage), where the curves and the model are."""
+    tags = run.data.tags
+    names = [k.removeprefix("graphssl.stage.").removesuffix(".run") for k in tags if k.startswith("graphssl.stage.")]
+    if stage is None:
+        assert len(names) == 1, names
+        stage = names[0]
+    return client.get_run(tags[f"graphssl.stage.{stage}.run"])
+
+
+def trained_modules_file(client, run, folder, stage: str | None = None):
+    """The trained modules file a run logged, downloaded into ``folder``."""
+    found = stage_run(client, run, stage)
+    return client.download_artifacts(found.info.run_id, f"model/{found.data.tags['graphssl.stage']}.modules.pt", str(folder))

@@ -28,7 +28,8 @@ import pytest
 from conftest import graphssl_cmd
 from graphssl import registry
 from graphssl.cli import main
-from graphssl.config import line_of, yaml_lines
+from graphssl.config import line_of
+from graphssl.loading import yaml_lines
 
 GALLERY = Path(__file__).resolve().parent / "bad_pipelines"
 EXIT_INVALID = 2
@@ -76,8 +77,8 @@ CASES = [parse_case(p) for p in sorted(GALLERY.glob("*.yaml"))]
 def missing_requirement(case: Case) -> str | None:
     for need in case.requires:
         if need == "stages":
-            if importlib.util.find_spec("graphssl.stages") is None:
-                return "stages are not implemented (graphssl.stages is missing)"
+            if importlib.util.find_spec("graphssl.plan") is None:
+                return "stages are not implemented (graphssl.plan is missing)"
         elif registry.get(need) is None:
             return f"component {need} is not registered"
     return None

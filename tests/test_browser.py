@@ -39,7 +39,8 @@ def test_mlflow_ui_shows_both_runs_and_a_node_child_run(workdir):
         runs = client.search_runs([exp.experiment_id])
         parents = {r.info.run_name: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
         assert set(parents) == set(NAMES)
-        child = next(r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[NAMES[0]].info.run_id
+        stage = next(r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[NAMES[0]].info.run_id)
+        child = next(r for r in runs if r.data.tags.get("mlflow.parentRunId") == stage.info.run_id
                      and r.data.tags.get("graphssl.node") == "encoder")
 
         with chromium_page() as page:
@@ -47,7 +48,8 @@ def test_mlflow_ui_shows_both_runs_and_a_node_child_run(workdir):
             for name in NAMES:  # the UI renders after its API calls: wait for the text itself
                 wait_for_text(page, name)
             close_assistant(page)
-            expand_run(page, NAMES[0], "encoder")
+            expand_run(page, NAMES[0], stage.info.run_name)  # the parent unfolds to its stage run,
+            expand_run(page, stage.info.run_name, "encoder")  # and that to its node runs
             shot = workdir / "mlflow_ui.png"
             page.screenshot(path=str(shot))
             assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
@@ -57,4 +59,4 @@ def test_mlflow_ui_shows_both_runs_and_a_node_child_run(workdir):
             page.wait_for_url(f"**/runs/{child.info.run_id}", timeout=60_000)
             wait_for_text(page, child.info.run_id)
             page.get_by_title("encoder.vit", exact=True).first.wait_for(timeout=60_000)  # tag graphssl.component
-            page.get_by_role("link", name=NAMES[0], exact=True).first.wait_for(timeout=60_000)  # "Parent run"
+            page.get_by_role("link", name=stage.info.run_name, exact=True).first.wait_for(timeout=60_000)  # "Parent run"

@@ -22,6 +22,18 @@ def run_dirs(root):
     return {p.name for p in folder.iterdir()} if folder.exists() else set()
 
 
+def newest_state(root, run_id: str, stage: str = "mae"):
+    return checkpoint.latest_checkpoints(root / "checkpoints" / run_id).get(stage)
+
+
+def trained_weights(root, run_id: str, stage: str = "mae") -> dict:
+    """The trained modules the run logged (its stage run's model artifact), read as plain data."""
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    stage_run = client.get_run(run_id).data.tags[f"graphssl.stage.{stage}.run"]
+    path = client.download_artifacts(stage_run, f"model/{stage}.modules.pt", str(root))
+    return torch.load(path, weights_only=True)["nodes"]
+
+
 def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "state.pt"
     checkpoint.save_atomic({"step": 1}, path)
@@ -51,34 +63,49 @@ def test_resume_after_sigkill_is_exact(workdir):
     done = subprocess.run(graphssl_cmd("run", pipeline, *overrides), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     (reference_run,) = run_dirs(workdir)
+    assert sorted(p.name for p in (workdir / "checkpoints" / reference_run).iterdir()) == [
+        "mae.step2.state.pt", "mae.step4.state.pt"]  # every 2 steps, none after the last
 
-    proc = subprocess.Popen(graphssl_cmd("run", pipeline, *overrides), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = workdir / "killed.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(graphssl_cmd("run", pipeline, *overrides), stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 300
-        while time.time() < deadline:
+        while time.time() < deadline and proc.poll() is None:
             new = run_dirs(workdir) - {reference_run}
-            if new and (workdir / "checkpoints" / next(iter(new)) / "mae.state.pt").exists():
+            if new and newest_state(workdir, next(iter(new))) is not None:
                 break
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
+    assert proc.returncode == -signal.SIGKILL, log.read_text()[-2000:]  # killed mid-run, not finished
     (killed_run,) = run_dirs(workdir) - {reference_run}
-    state = checkpoint.load(workdir / "checkpoints" / killed_run / "mae.state.pt")
-    assert 2 <= state["step"] < 6 or not (workdir / "checkpoints" / killed_run / "mae.modules.pt").exists()
+    state = checkpoint.load(newest_state(workdir, killed_run))
+    assert 2 <= state["step"] < 6
 
     resumed = subprocess.run(graphssl_cmd("run", pipeline, *overrides, "--resume", killed_run), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming run {killed_run}" in resumed.stdout
 
-    a = torch.load(workdir / "checkpoints" / reference_run / "mae.modules.pt", weights_only=False)["nodes"]
-    b = torch.load(workdir / "checkpoints" / killed_run / "mae.modules.pt", weights_only=False)["nodes"]
+    a, b = trained_weights(workdir, reference_run), trained_weights(workdir, killed_run)
     assert a.keys() == b.keys()
     for node in a:
         for key, value in a[node]["state_dict"].items():
             assert torch.equal(value, b[node]["state_dict"][key]), f"{node}.{key} differs after resume"
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     assert client.get_run(killed_run).info.status == "FINISHED"
+
+
+def test_only_the_newest_checkpoints_of_a_stage_are_kept(tmp_path):
+    hook = checkpoint.CheckpointHook(tmp_path, "mae", every=1, keep=2, meta={})
+    for step in (1, 2, 3, 10):
+        checkpoint.save_atomic({"step": step}, checkpoint.checkpoint_path(tmp_path, "mae", step))
+        hook._prune()
+    checkpoint.save_atomic({"step": 7}, checkpoint.checkpoint_path(tmp_path, "other", 7))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mae.step10.state.pt", "mae.step3.state.pt", "other.step7.state.pt"]
+    assert checkpoint.latest_checkpoints(tmp_path) == {"mae": tmp_path / "mae.step10.state.pt",
+                                                       "other": tmp_path / "other.step7.state.pt"}
 
 
 @pytest.mark.slow
@@ -93,7 +120,7 @@ def test_sigterm_writes_checkpoint_and_marks_run_killed(workdir):
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err
     (run_id,) = run_dirs(workdir)
-    state = checkpoint.load(workdir / "checkpoints" / run_id / "mae.state.pt")
+    state = checkpoint.load(newest_state(workdir, run_id))
     assert 1 <= state["step"] < 500
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     assert client.get_run(run_id).info.status == "KILLED"

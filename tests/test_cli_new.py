@@ -8,7 +8,7 @@ from conftest import PIPELINES, REPO
 from graphssl import registry
 from graphssl.cli import main
 from graphssl.schema import schema_errors
-from graphssl.stages import plan_pipeline
+from graphssl.plan import plan_pipeline
 
 
 def test_new_copies_a_shipped_pipeline_with_its_name_and_schema_line(workdir, capsys):

@@ -13,10 +13,11 @@ from mlflow import MlflowClient
 
 from conftest import PIPELINES
 from graphssl.cli import main
-from graphssl.compare import EVAL_METRICS, find_runs
+from graphssl.compare import find_runs
 from graphssl.runner import run
 from graphssl.tracking import Tracker
 
+EVAL_METRICS = ("knn_top1", "linear_top1")  # what mae.yaml's evaluators log
 TINY_MAE = ["train.steps=4", "train.log_every=2", "eval.every=2", "data.limit=128", "data.batch_size=16", "eval.limit=60",
             "nodes.encoder.depth=1", "nodes.decoder.depth=1", "device=cpu"]
 
@@ -52,16 +53,20 @@ def test_find_runs_summarises_the_newest_parent_runs(store):
 
 
 @pytest.mark.slow
-def test_evaluators_log_every_eval_every_steps_on_parent_and_node_runs(store):
+def test_evaluators_log_every_eval_every_steps_on_stage_and_node_runs_and_the_final_value_on_the_parent(store):
     uri, ids, _ = store
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("cmp")
-    children = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{ids[0]}'")
+    (stage,) = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{ids[0]}'")
+    assert stage.data.tags["graphssl.stage"] == "mae" and client.get_run(ids[0]).data.tags["graphssl.stage.mae.run"] == stage.info.run_id
+    children = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{stage.info.run_id}'")
     by_node = {r.data.tags["graphssl.node"]: r for r in children}
     assert by_node["linear"].data.tags["graphssl.component"] == "eval.linear"
     assert [m.step for m in client.get_metric_history(by_node["linear"].info.run_id, "linear_top1")] == [1, 3]
     assert [m.step for m in client.get_metric_history(by_node["knn"].info.run_id, "knn_top1")] == [1, 3]
-    assert {1, 3} <= {m.step for m in client.get_metric_history(ids[0], "linear_top1")}
+    assert [m.step for m in client.get_metric_history(stage.info.run_id, "linear_top1")] == [1, 3]
+    final = client.get_metric_history(ids[0], "linear_top1")  # the parent: the final value, at the last step
+    assert [m.step for m in final] == [3] and final[0].value == stage.data.metrics["linear_top1"]
 
 
 @pytest.mark.slow
@@ -103,7 +108,7 @@ def test_compare_command_prints_the_table_and_draws_the_picture(store, capsys):
 def test_staged_runs_take_their_curves_from_the_last_stage(tmp_path):
     uri = f"sqlite:///{tmp_path / 'staged.db'}"
     t = Tracker(uri, "staged")
-    parent = t.create_run("beit", {"graphssl.pipeline": "beit"})
+    parent = t.create_run("beit", {"graphssl.pipeline": "beit", "graphssl.eval_metrics": "knn_top1,knn_top1_init"})
     first = t.create_run("tokenizer", {"graphssl.stage": "tokenizer"}, parent=parent)
     second = t.create_run("pretrain", {"graphssl.stage": "pretrain"}, parent=parent)
     for step in range(3):
@@ -112,7 +117,7 @@ def test_staged_runs_take_their_curves_from_the_last_stage(tmp_path):
         t.metric(second, "images_per_s", 100.0 + step, step)
     t.metric(second, "knn_top1_init", 0.2, 0)
     t.metric(second, "knn_top1", 0.5, 2)
-    t.metric(parent, "knn_top1", 0.5, 0)
+    t.metric(parent, "knn_top1", 0.5, 2)
     t.flush()
     for run_id in (first, second, parent):
         t.end_run(run_id)

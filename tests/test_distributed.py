@@ -6,7 +6,7 @@ import subprocess
 import pytest
 from mlflow import MlflowClient
 
-from conftest import PIPELINES, graphssl_cmd
+from conftest import PIPELINES, graphssl_cmd, stage_run, trained_modules_file
 
 TINY = ["train.steps=4", "train.log_every=1", "data.limit=256", "eval.limit=50", "nodes.encoder.depth=1",
         "nodes.decoder.depth=1", "device=cpu"]
@@ -31,7 +31,7 @@ def test_two_process_gloo_run_matches_single_process(workdir):
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     runs = {r.info.run_name: r for r in parent_runs(client)}
     assert set(runs) == {"ddp", "single"}  # rank 1 created no run
-    ddp = runs["ddp"]
+    ddp = stage_run(client, runs["ddp"])
     assert ddp.data.tags["graphssl.world_size"] == "2"
     assert ddp.data.tags["graphssl.global_batch"] == "16"
     assert ddp.data.tags["graphssl.ranks_in_sync"] == "true"
@@ -39,7 +39,7 @@ def test_two_process_gloo_run_matches_single_process(workdir):
     assert a == b
     # the same global batch and lr: loss curves agree within tolerance (augmentation draws differ)
     curve = lambda run: [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
-    ddp_curve, single_curve = curve(ddp), curve(runs["single"])
+    ddp_curve, single_curve = curve(ddp), curve(stage_run(client, runs["single"]))
     assert len(ddp_curve) == len(single_curve) == 4
     for x, y in zip(ddp_curve, single_curve):
         assert x == pytest.approx(y, rel=0.15)
@@ -48,7 +48,7 @@ def test_two_process_gloo_run_matches_single_process(workdir):
 
 @pytest.mark.slow
 def test_fsdp2_sharded_run_with_activation_checkpointing(workdir):
-    from graphssl.stages import load_checkpoint_module
+    from graphssl.artifacts import load_checkpoint_module
 
     result = subprocess.run(graphssl_cmd("run", str(PIPELINES / "mae.yaml"), *TINY, "data.batch_size=8", "train.fsdp=true",
                                          "nodes.encoder.grad_checkpointing=true", "--nproc-per-node", "2"),
@@ -56,8 +56,8 @@ def test_fsdp2_sharded_run_with_activation_checkpointing(workdir):
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     (run,) = parent_runs(client)
-    losses = [m.value for m in client.get_metric_history(run.info.run_id, "loss")]
+    losses = [m.value for m in client.get_metric_history(stage_run(client, run).info.run_id, "loss")]
     assert len(losses) == 4 and losses[-1] < losses[0]
     # the gathered (unsharded) weights load into a single process
-    encoder = load_checkpoint_module(workdir / "checkpoints" / run.info.run_id / "mae.modules.pt", "encoder", "cpu")
+    encoder = load_checkpoint_module(trained_modules_file(client, run, workdir), "encoder", "cpu")
     assert sum(p.numel() for p in encoder.parameters()) > 0

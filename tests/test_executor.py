@@ -8,7 +8,8 @@ import torch
 from pydantic import Field
 
 from graphssl.component import Component, ComponentConfig, In, Out
-from graphssl.executor import Executor, NodeError
+from graphssl.executor import Executor, NodeError, NodeHook
+from graphssl.instrument import NodeTimer
 from graphssl.ports import IMAGES, LOSS, VECTOR
 from graphssl.registry import register
 from graphssl.build import build_modules, make_context, prepare
@@ -67,7 +68,9 @@ def test_shared_module_called_twice_and_losses_weighted(tmp_path):
     assert prepared.spec.order.index("a") < prepared.spec.order.index("sq")
     modules = build_modules(prepared, make_context(prepared, None, torch.device("cpu")))
     assert set(modules) == {"a", "sq", "sq2"}  # the call node owns no module
-    ex = Executor(prepared.spec, modules)
+    timer = NodeTimer()
+    timer.active = True
+    ex = Executor(prepared.spec, modules, [timer])
     images = torch.randn(3, 3, 8, 8)
     losses = ex({"images": images})
     v = images.mean(dim=(-1, -2))
@@ -77,7 +80,35 @@ def test_shared_module_called_twice_and_losses_weighted(tmp_path):
     assert torch.allclose(total, 2 * v.pow(2).mean() + 0.5 * (v + 1).pow(2).mean())
     total.backward()
     assert modules["a"].scale.grad is not None
-    assert ex.node_calls == {"a": 1, "a2": 1, "sq": 1, "sq2": 1}
+    assert timer.calls == {"a": 1, "a2": 1, "sq": 1, "sq2": 1}
+    assert set(timer.pop_ms_per_call()) == {"a", "a2", "sq", "sq2"} and timer.calls == {}
+
+
+def test_node_hooks_see_every_call_in_order_with_its_inputs_and_outputs(tmp_path):
+    path = write(tmp_path, """\
+        a:  {type: test.pool, images: batch.images}
+        a2: {call: a, images: batch.images}
+        sq: {type: test.square, x: [a.vec, a2.vec]}
+        """, "{sq: 1.0}")
+    prepared = prepare(path)
+    seen = []
+
+    class Record(NodeHook):
+        def before_node(self, node, inputs):
+            seen.append(("before", node.name, sorted(inputs)))
+
+        def after_node(self, node, outputs, seconds):
+            seen.append(("after", node.name, sorted(outputs)))
+            assert seconds >= 0
+
+    modules = build_modules(prepared, make_context(prepared, None, torch.device("cpu")))
+    Executor(prepared.spec, modules, [Record()])({"images": torch.randn(2, 3, 8, 8)})
+    assert seen == [("before", "a", ["images"]), ("after", "a", ["vec"]), ("before", "a2", ["images"]),
+                    ("after", "a2", ["vec"]), ("before", "sq", ["x"]), ("after", "sq", ["loss"])]
+
+    idle = NodeTimer()  # sampled hooks record nothing while inactive
+    Executor(prepared.spec, modules, [idle])({"images": torch.randn(2, 3, 8, 8)})
+    assert idle.calls == {}
 
 
 def test_failure_names_node_component_and_shapes(tmp_path):

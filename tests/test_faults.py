@@ -11,7 +11,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from conftest import PIPELINES, graphssl_cmd
+from conftest import PIPELINES, graphssl_cmd, stage_run
 from graphssl import checkpoint
 from graphssl.cli import main
 from graphssl.component import Component, ComponentConfig, In, Out
@@ -62,12 +62,14 @@ objective: {loss: 1.0}
     (run,) = [r for r in client.search_runs([client.get_experiment_by_name("graphssl").experiment_id])
               if "mlflow.parentRunId" not in r.data.tags]
     assert run.info.status == "FAILED"
+    stage = client.get_run(run.data.tags["graphssl.stage.nan.run"])
+    assert stage.info.status == "FAILED"
     # the dry run builds its own modules, so call 5 is training step 4, the first NaN
-    assert run.data.tags["graphssl.failure"] == "non-finite loss"
-    assert run.data.tags["graphssl.failure.step"] == "4"
-    assert run.data.tags["graphssl.failure.node"] == "loss"
-    assert run.data.tags["graphssl.failure.value"] == "nan"
-    state = checkpoint.load(workdir / "checkpoints" / run.info.run_id / "nan.state.pt")
+    assert stage.data.tags["graphssl.failure"] == "non-finite loss"
+    assert stage.data.tags["graphssl.failure.step"] == "4"
+    assert stage.data.tags["graphssl.failure.node"] == "loss"
+    assert stage.data.tags["graphssl.failure.value"] == "nan"
+    state = checkpoint.load(checkpoint.latest_checkpoints(workdir / "checkpoints" / run.info.run_id)["nan"])
     assert state["step"] == 4  # the last good checkpoint (after steps 0-3) is kept
     assert "last good checkpoint" in err
 
@@ -138,15 +140,16 @@ def test_metrics_survive_a_tracking_server_restart(workdir):
     finally:
         run.kill()
         stop_server(server)
-    assert run.returncode == 130, out[-2000:]
+    assert run.returncode == 130, ("".join(lines) + out)[-3000:]
     printed = "".join(lines) + out
     assert "cannot be reached" in printed and "is back" in printed, printed[-2000:]  # writes failed, then delivered
     client = MlflowClient(store)
     (parent,) = [r for r in client.search_runs([client.get_experiment_by_name("graphssl").experiment_id])
                  if "mlflow.parentRunId" not in r.data.tags]
-    steps = sorted(m.step for m in client.get_metric_history(parent.info.run_id, "loss"))
+    stage = stage_run(client, parent)
+    steps = sorted(m.step for m in client.get_metric_history(stage.info.run_id, "loss"))
     assert steps[: 14] == list(range(14))  # nothing logged while the server was away was lost
-    assert parent.info.status == "KILLED"
+    assert parent.info.status == "KILLED" and stage.info.status == "KILLED"
 
 
 @pytest.mark.slow
@@ -158,7 +161,8 @@ def test_same_config_and_seed_give_the_same_loss_curve(workdir):
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("graphssl").experiment_id])
             if "mlflow.parentRunId" not in r.data.tags}
-    curve = lambda r: [m.value for m in sorted(client.get_metric_history(r.info.run_id, "loss"), key=lambda m: m.step)]
+    curve = lambda r: [m.value for m in sorted(client.get_metric_history(stage_run(client, r).info.run_id, "loss"),
+                                                  key=lambda m: m.step)]
     assert curve(runs["a"]) == curve(runs["b"])  # to the last bit
     tags = runs["a"].data.tags
     assert tags["graphssl.version.torch"] == torch.__version__.split("+")[0] or tags["graphssl.version.torch"]

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import PIPELINES, REPO, graphssl_cmd
-from graphssl.config import load_yaml
+from conftest import PIPELINES, REPO, graphssl_cmd, stage_run
+from graphssl.loading import load_yaml
 
 # Two steps on a one-block ViT, 2 local crops, a small head: seconds per run.
 TINY = ["train.steps=2", "train.log_every=1", "data.limit=128", "data.batch_size=16", "eval.limit=50",
@@ -38,14 +38,16 @@ def run_pipeline(name: str, *overrides: str, experiment: str = "e2e") -> subproc
 
 
 def node_runs(workdir: Path, experiment: str) -> tuple[object, dict[str, object]]:
+    """The pipeline's (only) stage run and its node runs by node name."""
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
     parent = parents[0]
+    stage = stage_run(client, parent)
     children = {r.data.tags["graphssl.node"]: r for r in runs
-                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    return parent, children
+                if r.data.tags.get("mlflow.parentRunId") == stage.info.run_id}
+    return stage, children
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import io
 
 import torch
 
-from graphssl.hooks import ConsoleHook
+from graphssl.console import ConsoleHook
 
 
 class Terminal(io.StringIO):

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO
 from graphssl.cli import build_parser
-from graphssl.stages import plan_pipeline
+from graphssl.plan import plan_pipeline
 
 README = (REPO / "README.md").read_text()
 

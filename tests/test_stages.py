@@ -11,8 +11,9 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from graphssl import cli, runner
-from graphssl.stages import load_checkpoint_module, save_modules
+from graphssl import build, cli, runner
+from graphssl.artifacts import load_checkpoint_module, save_modules
+from graphssl.plan import plan_pipeline
 
 TRAIN = {"steps": 2, "lr": 1.0e-3, "log_every": 1}
 DATA = {"dataset": "fashion_mnist", "image_size": 32, "channels": 3, "batch_size": 8, "limit": 64}
@@ -74,32 +75,39 @@ def run(path, *overrides, force=False):
     return lines
 
 
-def test_unchanged_stages_are_reused_force_retrains_and_a_changed_stage_retrains_its_dependents(workdir):
+def test_unchanged_stages_that_later_stages_need_are_reused_force_retrains_and_a_change_retrains_dependents(workdir):
     path = write(workdir / "two.yaml", two_stage())
     first = run(path)
     assert training_runs(workdir) == {"teacher": 1, "student": 1}
     assert not any("reusing" in line for line in first)
 
+    # the teacher (needed by the student) is reused; the pipeline's product, the student, is trained again
     second = run(path)
     assert any(line.startswith("stage teacher: unchanged config and inputs, reusing run") for line in second), second
-    assert any(line.startswith("stage student: unchanged config and inputs, reusing run") for line in second), second
-    assert not any("training (" in line for line in second)
-    assert training_runs(workdir) == {"teacher": 1, "student": 1}  # nothing new trained
+    assert any(line.startswith("stage student: training") for line in second), second
+    assert training_runs(workdir) == {"teacher": 1, "student": 2}
 
     forced = run(path, force=True)
     assert not any("reusing" in line for line in forced)
-    assert training_runs(workdir) == {"teacher": 2, "student": 2}
+    assert training_runs(workdir) == {"teacher": 2, "student": 3}
 
     # a change in stage 1 changes its fingerprint and, through needs, stage 2's
     changed = run(path, "stages.teacher.nodes.mask.ratio=0.5")
     assert any(line.startswith("stage teacher: training") for line in changed), changed
     assert any(line.startswith("stage student: training") for line in changed), changed
-    assert training_runs(workdir) == {"teacher": 3, "student": 3}
+    assert training_runs(workdir) == {"teacher": 3, "student": 4}
 
     # a change in stage 2 only retrains stage 2
     only_student = run(path, "stages.teacher.nodes.mask.ratio=0.5", "stages.student.nodes.mask.num_masked=5")
     assert any(line.startswith("stage teacher: unchanged") for line in only_student), only_student
-    assert training_runs(workdir) == {"teacher": 3, "student": 4}
+    assert training_runs(workdir) == {"teacher": 3, "student": 5}
+
+
+def test_a_stage_section_override_reaches_a_stage_that_does_not_write_the_section(workdir):
+    path = write(workdir / "two.yaml", two_stage())
+    plan = plan_pipeline(path, ["stages.student.eval.limit=30", "train.steps=3"])
+    assert plan.stages["student"].prepared.cfg.eval.limit == 30 and plan.stages["teacher"].prepared.cfg.eval.limit == 20
+    assert [s.prepared.cfg.train.steps for s in plan.stages.values()] == [3, 3]
 
 
 def check(path) -> tuple[int, str]:
@@ -154,9 +162,9 @@ def test_teacher_loads_from_a_checkpoint_file(workdir):
     # train nothing: build the teacher stage's modules, give the encoder known weights, save them
     single = {"name": "teacher_only", "device": "cpu", "data": DATA, "train": TRAIN, "nodes": TEACHER,
               "objective": {"loss": 1.0}}
-    prepared = runner.prepare(write(workdir / "teacher.yaml", single))
+    prepared = build.prepare(write(workdir / "teacher.yaml", single))
     torch.manual_seed(0)
-    modules = runner.build_modules(prepared, runner.make_context(prepared, None, torch.device("cpu")))
+    modules = build.build_modules(prepared, build.make_context(prepared, None, torch.device("cpu")))
     with torch.no_grad():
         for i, p in enumerate(modules["encoder"].parameters()):
             p.copy_(torch.linspace(-1, 1, p.numel()).view_as(p) * (i + 1) / 10)
@@ -178,9 +186,9 @@ def test_teacher_loads_from_a_checkpoint_file(workdir):
     path = write(workdir / "student.yaml", student)
     code, text = check(path)
     assert code == 0, text
-    prepared = runner.prepare(path)
-    ctx = runner.make_context(prepared, None, torch.device("cpu"))
-    built = runner.build_modules(prepared, ctx)
+    prepared = build.prepare(path)
+    ctx = build.make_context(prepared, None, torch.device("cpu"))
+    built = build.build_modules(prepared, ctx)
     teacher = built["target"].teacher
     for name, value in modules["encoder"].state_dict().items():
         assert torch.equal(teacher.state_dict()[name], value), name

@@ -34,7 +34,7 @@ def test_tracker_batches_metrics_into_sqlite(workdir):
 
 
 @pytest.mark.slow
-def test_graphssl_run_mae_logs_parent_and_child_runs(workdir):
+def test_graphssl_run_mae_logs_parent_stage_and_node_runs(workdir):
     result = subprocess.run(graphssl_cmd("run", str(PIPELINES / "mae.yaml"), *TINY_MAE, "--experiment", "e2e"),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -50,10 +50,13 @@ def test_graphssl_run_mae_logs_parent_and_child_runs(workdir):
     assert parent.data.tags["graphssl.uses.mask.random"] == "true"
     assert parent.data.params["train.steps"] == "4"
     assert parent.data.params["nodes.encoder.depth"] == "1"
-    for key in ("loss", "lr", "images_per_s", "step_time_s", "knn_top1", "knn_top1_init", "linear_top1", "linear_top1_init"):
-        assert key in parent.data.metrics, key
-    assert len(client.get_metric_history(parent.info.run_id, "loss")) == 4
-    children = {r.data.tags["graphssl.node"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(parent.data.metrics) == {"knn_top1", "knn_top1_init", "linear_top1", "linear_top1_init"}  # the final evaluation
+    (stage,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert stage.data.tags["graphssl.stage"] == "mae" and stage.info.status == "FINISHED"
+    for key in ("loss", "lr", "images_per_s", "step_time_s", "data_wait_s", "knn_top1", "knn_top1_init", "linear_top1"):
+        assert key in stage.data.metrics, key
+    assert len(client.get_metric_history(stage.info.run_id, "loss")) == 4
+    children = {r.data.tags["graphssl.node"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == stage.info.run_id}
     assert set(children) == {"view", "mask", "encoder", "decoder", "target", "loss", "knn", "linear"}
     assert children["mask"].data.tags["graphssl.component"] == "mask.random"
     assert children["mask"].data.params["ratio"] == "0.75"
@@ -62,8 +65,9 @@ def test_graphssl_run_mae_logs_parent_and_child_runs(workdir):
     assert "loss" in children["loss"].data.metrics
     assert "knn_top1" in children["knn"].data.metrics
     assert 0 <= children["linear"].data.metrics["linear_top1"] <= 1
-    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"pipeline.yaml", "graph.png", "model"} <= artifacts
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"pipeline.yaml"}
+    assert {"graph.png", "model"} <= {a.path for a in client.list_artifacts(stage.info.run_id)}
+    assert not (workdir / "checkpoints").exists()  # no train.checkpoint_every: the trained weights are stored once, in the run
 
 
 def test_invalid_pipeline_exits_2_without_run(workdir):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from graphssl import registry
-from graphssl.config import load_yaml, yaml_lines
+from graphssl.loading import load_yaml, yaml_lines
 from graphssl.errors import PipelineError, Problem
 from graphssl.build import prepare
 
@@ -347,7 +347,7 @@ stages:
 
 
 def test_stage_problems_carry_the_stage_path_and_line(tmp_path):
-    stages = pytest.importorskip("graphssl.stages")
+    stages = pytest.importorskip("graphssl.plan")
     plan = stages.plan_pipeline(write(tmp_path, STAGED))
     assert list(plan.stages) == ["first", "second"] and plan.stages["second"].prepared.cfg.train.steps == 3
     text = STAGED.replace("needs: [first]", "needs: [frist]").replace("ratio: 0.75, patch_size: 8}", "ratoi: 0.75, patch_size: 8}")

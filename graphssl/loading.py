@@ -1,0 +1,161 @@
+"""Reading a pipeline file: YAML with line numbers, duplicate keys, ``key=value`` overrides, interpolation.
+
+The result is a :class:`graphssl.config.LoadedPipeline`: the resolved mapping and where each key
+was written, for error messages. Validation is :mod:`graphssl.config`'s and the graph's.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from graphssl.config import SECTION_MODELS, LoadedPipeline, PipelineConfig, line_of
+from graphssl.errors import PipelineError, Problem, did_you_mean
+
+
+def yaml_lines(text: str, duplicates: list[Problem] | None = None) -> dict[str, int]:
+    """Map dotted YAML paths to 1-based line numbers (for error messages).
+
+    A key repeated in one mapping (which PyYAML silently resolves to the last
+    value) is appended to ``duplicates`` as a Problem at its second line.
+    """
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, path: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                sub = f"{path}.{key.value}" if path else str(key.value)
+                line = key.start_mark.line + 1
+                ident = (key.tag, str(key.value))
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<" and ident in seen:
+                    if duplicates is not None:
+                        duplicates.append(Problem(sub, f"duplicate key {key.value!r} (first at line {seen[ident]}); "
+                                                       "YAML would silently keep only the last one", line))
+                    walk(value, sub)
+                    continue
+                seen[ident] = line
+                lines[sub] = line
+                walk(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[f"{path}.{i}"] = item.start_mark.line + 1
+                walk(item, f"{path}.{i}")
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def _override_known(raw: dict[str, Any], key: str) -> tuple[bool, list[str]]:
+    """Is an override key a real key (in the file or the schema)? Also candidates for a hint."""
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            continue
+        if i == 0:
+            return part in PipelineConfig.model_fields, list(PipelineConfig.model_fields)
+        if i == 1 and parts[0] in SECTION_MODELS:
+            fields = list(SECTION_MODELS[parts[0]].model_fields)
+            return part in fields and len(parts) == 2, fields
+        if parts[0] in ("nodes", "vars") and i >= 2:
+            return True, []  # a node parameter: the component's schema decides
+        if parts[0] == "stages" and len(parts) == 4 and parts[2] in SECTION_MODELS and i in (2, 3):
+            if i == 2 and not isinstance(node, dict):
+                return False, []
+            fields = list(SECTION_MODELS[parts[2]].model_fields)
+            return parts[3] in fields, fields
+        if parts[0] == "stages" and len(parts) > 3 and parts[2] in SECTION_MODELS and i == 3:
+            fields = list(SECTION_MODELS[parts[2]].model_fields)
+            return part in fields and len(parts) == 4, fields
+        if parts[0] == "stages" and len(parts) > 3 and parts[2] == "nodes" and i >= 4:
+            return True, []
+        if parts[0] in SECTION_MODELS and i == 1 and "stages" in raw:
+            fields = list(SECTION_MODELS[parts[0]].model_fields)
+            return part in fields and len(parts) == 2, fields
+        return False, list(node) if isinstance(node, dict) else []
+    return True, []
+
+
+def _first_missing(raw: dict[str, Any], key: str) -> str:
+    """The first part of a dotted key that the file does not have (the one to suggest a fix for)."""
+    node: Any = raw
+    for part in key.split("."):
+        if not (isinstance(node, dict) and part in node):
+            return part
+        node = node[part]
+    return key.split(".")[-1]
+
+
+def load_yaml(path: str | Path, overrides: list[str] = ()) -> LoadedPipeline:
+    """Parse the file, apply ``key=value`` overrides and resolve interpolation.
+
+    Raises PipelineError (every problem at once) on a syntax error, a bad
+    override or a broken interpolation.
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise PipelineError([Problem("", f"cannot read the pipeline file: {e.strerror}")], source) from None
+    except UnicodeDecodeError as e:
+        raise PipelineError([Problem("", f"cannot read the pipeline file: not UTF-8 text ({e.reason})")], source) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = getattr(e, "problem", None) or str(e)
+        raise PipelineError([Problem("", f"YAML syntax error at {where}{what}", mark.line + 1 if mark else None)], source) from None
+    if not isinstance(data, dict):
+        raise PipelineError([Problem("", "a pipeline file must be a YAML mapping (name:, data:, train:, nodes:, ...)")], source)
+    duplicates: list[Problem] = []
+    lines = yaml_lines(text, duplicates)
+    if duplicates:
+        raise PipelineError(sorted(duplicates, key=lambda p: p.line or 0), source)
+    problems: list[Problem] = []
+    dotlist = []
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or not key:
+            problems.append(Problem(item or "override", f"override {item!r}: overrides are written key=value, e.g. train.steps=50"))
+            continue
+        known, candidates = _override_known(data, key)
+        if not known:
+            hint = did_you_mean(_first_missing(data, key), candidates)
+            problems.append(Problem(key, f"override of a key that does not exist{hint}"))
+            continue
+        dotlist.append(item)
+    if problems:
+        raise PipelineError(problems, source)
+    try:
+        conf = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(stage_dotlist(data, dotlist)))
+        resolved = OmegaConf.to_container(conf, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or ""
+        msg = str(e).splitlines()[0]
+        raise PipelineError([Problem(str(key), f"cannot resolve: {msg}", line_of(lines, str(key)))], source) from None
+    return LoadedPipeline(source, resolved, lines, overrides=dotlist)
+
+
+def stage_dotlist(data: dict[str, Any], dotlist: list[str]) -> list[str]:
+    """Overrides as applied: in a staged file, ``train.steps=5`` also sets every stage's ``train.steps``,
+    so that it wins over the stage's own value (the stage's sections are merged over the file's)."""
+    stages = data.get("stages")
+    if not isinstance(stages, dict):
+        return dotlist
+    out = []
+    for item in dotlist:
+        out.append(item)
+        if item.split(".", 1)[0] in SECTION_MODELS:
+            out += [f"stages.{name}.{item}" for name, body in stages.items() if isinstance(body, dict)]
+    return out
