@@ -131,9 +131,12 @@ def mask_budgets(n_images: int, num_tokens: int, rng: random.Random, num_masked:
 class BlockMask(Component):
     """Block-wise token mask (BEiT, EVA, iBOT, DINOv2): images float[*,C,H,W] -> mask bool[*,N].
 
-    N = (H / patch_size) * (W / patch_size), row-major. Drawn on the CPU from
-    a Python RNG seeded from torch's global generator (so torch.manual_seed
-    makes it reproducible), then moved to the images' device.
+    N = (H / patch_size) * (W / patch_size), row-major. The budget per image is
+    a whole count with num_masked (BEiT, EVA) or stratified (DINOv2 rounds
+    down), and iBOT's unrounded ratio * H * W with ratio alone (the loop bound
+    and block cap of iBOT's loader). Drawn on the CPU from a Python RNG seeded
+    from torch's global generator (so torch.manual_seed makes it
+    reproducible), then moved to the images' device.
     """
 
     class Config(ComponentConfig):
