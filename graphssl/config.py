@@ -37,6 +37,9 @@ class TrainConfig(Strict):
     lr_scaling: Literal["none", "linear_256", "linear_512", "sqrt_1024"] = "none"
     min_lr: float = Field(0.0, ge=0)
     warmup: float = Field(0.0, ge=0, description="warm-up length: a fraction of steps if < 1, else steps")
+    lr_convention: Literal["graphssl", "dino"] = Field(
+        "graphssl", description="lr warm-up: graphssl = peak * step / warmup (MAE); dino = linspace(0, peak, warmup) "
+                                "with the end point (DINO's cosine_scheduler); the cosine after it is the same")
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
     weight_decay: Scheduled = 0.05

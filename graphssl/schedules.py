@@ -1,7 +1,13 @@
-"""Schedules as values: a number, or {start, end, shape, over}.
+"""Schedules as values: a number, or {start, end, shape, over, convention, per}.
 
-All are functions of training progress ``t = step / (total_steps - 1)`` in [0, 1],
-so a schedule stretches with ``train.steps`` and ends exactly at ``end``.
+By default (``convention: graphssl``) a schedule is a function of training
+progress ``t = step / (total_steps - 1)`` in [0, 1], so it stretches with
+``train.steps`` and ends exactly at ``end``. ``convention: dino`` follows
+DINO's ``utils.cosine_scheduler`` (iBOT's and BEiT's copies and DINOv2's
+``CosineScheduler`` are the same): a ramp is an array of n points, a cosine
+uses t = i / n (it never quite reaches ``end``), a linear ramp is
+``linspace(start, end, n)`` with the end point. ``per: epoch`` holds every
+value for an epoch (DINO's teacher temperature is indexed by epoch).
 """
 from __future__ import annotations
 
@@ -19,13 +25,21 @@ class Schedule(BaseModel):
     ``shape: cosine`` is the half-cosine ramp used for EMA momentum and weight
     decay (DINO); ``shape: linear`` is the linear warm-up used for the teacher
     temperature (0.04 -> 0.07 over the first 30% of the run: ``over: 0.3``).
+    With ``per: epoch`` the position is the epoch (step // steps_per_epoch) among
+    the run's epochs; with ``convention: dino`` the ramp has round(over * count)
+    points (count: steps or epochs), see the module docstring.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     start: float
     end: float
     shape: Literal["cosine", "linear"] = "cosine"
-    over: float = Field(1.0, gt=0.0, le=1.0)
+    over: float = Field(1.0, gt=0.0, le=1.0, description="fraction of the run the ramp takes; then the value holds at end")
+    convention: Literal["graphssl", "dino"] = Field(
+        "graphssl", description="graphssl: t = i / (count - 1), ends exactly at end; dino: DINO's cosine_scheduler, "
+                                "cosine t = i / n (never quite at end), linear = linspace(start, end, n)")
+    per: Literal["step", "epoch"] = Field("step", description="step: a new value every step; epoch: the value changes "
+                                                              "only at epoch boundaries (DINO's teacher temperature)")
 
 
 Scheduled = Union[float, Schedule]
@@ -62,22 +76,57 @@ def linear_ramp(start: float, end: float, t: float) -> float:
     return start + (end - start) * t
 
 
+def dino_cosine(start: float, end: float, i: int, n: int) -> float:
+    """Point i of DINO's cosine of n points: end + (start - end) (1 + cos(pi i / n)) / 2, in its float order."""
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * i / n))
+
+
+def dino_linspace(start: float, end: float, i: int, n: int) -> float:
+    """Point i of numpy's linspace(start, end, n): i * step + start, the last point exactly end (n = 1: start)."""
+    if n == 1:
+        return start
+    if i == n - 1:
+        return end
+    return i * ((end - start) / (n - 1)) + start
+
+
+def position(progress: Progress, per: str) -> tuple[int, int]:
+    """(index, count): the step among the run's steps, or the epoch among its epochs (the last may be partial)."""
+    if per == "step":
+        return progress.step, progress.total_steps
+    steps_per_epoch = max(1, progress.steps_per_epoch)
+    return progress.step // steps_per_epoch, -(-progress.total_steps // steps_per_epoch)
+
+
 def value_at(value: Scheduled, progress: Progress) -> float:
     """The value of a number or a Schedule at ``progress``."""
     if not isinstance(value, Schedule):
         return float(value)
-    t = progress.fraction / value.over
+    index, count = position(progress, value.per)
+    if value.convention == "dino":
+        n = max(1, round(value.over * count))  # the ramp's points; then the value holds at end
+        if index >= n:
+            return float(value.end)
+        ramp = dino_cosine if value.shape == "cosine" else dino_linspace
+        return ramp(value.start, value.end, index, n)
+    t = index / max(1, count - 1) / value.over
     ramp = cosine_ramp if value.shape == "cosine" else linear_ramp
     return ramp(value.start, value.end, t)
 
 
-def warmup_cosine_lr(step: int, total_steps: int, peak: float, warmup_steps: int, min_lr: float = 0.0) -> float:
+def warmup_cosine_lr(step: int, total_steps: int, peak: float, warmup_steps: int, min_lr: float = 0.0,
+                     convention: str = "graphssl") -> float:
     """Per-step learning rate: linear warm-up from 0 to ``peak``, then half-cosine to ``min_lr``.
 
     As MAE's ``adjust_learning_rate``: lr = peak * step / warmup during warm-up;
     afterwards min + (peak - min) * (1 + cos(pi * (step - warmup) / (total - warmup))) / 2.
+    ``convention: dino`` (DINO's ``cosine_scheduler``): the warm-up is
+    linspace(0, peak, warmup), so its last step is already ``peak`` (and the
+    first cosine step repeats it); the cosine is the same.
     """
     if step < warmup_steps:
+        if convention == "dino":
+            return dino_linspace(0.0, peak, step, warmup_steps)
         return peak * step / warmup_steps
     span = max(1, total_steps - warmup_steps)
     return min_lr + (peak - min_lr) * 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / span))

@@ -85,7 +85,7 @@ class Trainer:
     def train_step(self, step: int, batch: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor | float]:
         cfg = self.cfg.train
         progress = Progress(step, cfg.steps, self.data.steps_per_epoch)
-        lr = warmup_cosine_lr(step, cfg.steps, self.peak_lr, self.warmup_steps, cfg.min_lr)
+        lr = warmup_cosine_lr(step, cfg.steps, self.peak_lr, self.warmup_steps, cfg.min_lr, cfg.lr_convention)
         wd = value_at(cfg.weight_decay, progress)
         set_lr_and_wd(self.optimizer, lr, wd)
         for c in self._before:

@@ -1,9 +1,10 @@
 """BEiT's block-wise mask, and the per-image budgets of BEiT/EVA, iBOT and DINOv2.
 
 The generator (``block_mask``) is BEiT's ``MaskingGenerator`` (unilm
-beit/masking_generator.py; EVA's and DINOv2's copies are identical), drawing
-from a ``random.Random`` in the same order as the official code, so with the
-same seed it yields the official masks exactly:
+beit/masking_generator.py; EVA's and DINOv2's copies are identical, and iBOT's
+loader inlines the same loop), drawing from a ``random.Random`` in the same
+order as the official code, so with the same seed and budget it yields the
+official masks exactly:
 
 - blocks are placed one at a time while fewer than ``budget`` cells are masked;
 - block area ~ U(min_num_patches, min(remaining, max_num_patches)) (Python's
@@ -21,13 +22,22 @@ about 68% of masks have exactly 75 cells, the mean is 74.5, the worst about 65;
 EVA's 105 of 256: 65% exact, mean 104.4. Small blocks fill up better (8x8
 grid, 26 cells, min 4: 96% exact).
 
-Budgets per image (the component):
-- ``num_masked: 75`` (BEiT; EVA 105 of 256) or ``ratio: 0.4``: int(ratio * N);
-- ``ratio: [0.1, 0.5]``: a ratio drawn per image, U(lo, hi) (iBOT);
+Budgets per image (the component), rounded where the official code rounds:
+- ``num_masked: 75`` (BEiT; EVA 105 of 256): a whole count, as BEiT passes it;
+- ``ratio: 0.3`` (iBOT with pred_ratio_var 0) or ``ratio: [0.1, 0.5]`` (a
+  ratio drawn per image, U(lo, hi), iBOT): the budget is ``ratio * H * W``,
+  **not rounded**, as iBOT's loader computes it (in that order) and uses it
+  both as the loop bound and as the cap on the remaining cells. 0.3 of an 8x8
+  grid is 19.2: a mask still holds at most 19 cells, but each block's area is
+  drawn from U(min, 19.2 - masked) and the loop goes on at 19 masked cells,
+  so masks differ from those of the rounded budget 19 (measured at 8x8 and
+  14x14, U(0.1, 0.5) and 0.3: 5-9% fewer connected regions per mask, slightly
+  larger blocks);
 - ``prob: 0.5``: each image is masked with probability prob, else empty (iBOT);
 - ``stratified: true`` (DINOv2's collate): only int(prob * n_images) images of
-  the batch (all leading dims together) are masked; the i-th gets a ratio
-  U(s_i, s_{i+1}) with s = linspace(lo, hi, n + 1); the list is shuffled.
+  the batch (all leading dims together) are masked; the i-th gets the whole
+  count int(N * U(s_i, s_{i+1})) with s = linspace(lo, hi, n + 1) (DINOv2
+  rounds down before calling its generator); the list is shuffled.
 """
 from __future__ import annotations
 
@@ -46,12 +56,14 @@ from graphssl.registry import register
 MAX_TRIES = 10  # placements tried per block (BEiT)
 
 
-def block_mask(height: int, width: int, budget: int, rng: random.Random, min_num_patches: int = 16,
+def block_mask(height: int, width: int, budget: float, rng: random.Random, min_num_patches: int = 16,
                max_num_patches: float | None = None, min_aspect: float = 0.3,
                record: list | None = None) -> np.ndarray:
     """bool[height, width], True = masked, at most ``budget`` cells, placed as BEiT's blocks.
 
-    ``max_num_patches`` caps the cells one block may add (None: the budget).
+    ``budget`` is a count (BEiT, DINOv2) or iBOT's unrounded ratio * H * W
+    (at most its floor is masked). ``max_num_patches`` caps the cells one block
+    may add (None: the budget).
     ``record``, when given, receives one (target_area, aspect, top, left, h, w,
     added) tuple per accepted block.
     """
@@ -86,8 +98,14 @@ def block_mask(height: int, width: int, budget: int, rng: random.Random, min_num
 
 def mask_budgets(n_images: int, num_tokens: int, rng: random.Random, num_masked: int | None = None,
                  ratio: float | tuple[float, float] | None = None, prob: float = 1.0,
-                 stratified: bool = False) -> list[int]:
-    """Cells to mask in each of ``n_images`` images (0 = not masked); see the module docstring."""
+                 stratified: bool = False, grid: tuple[int, int] | None = None) -> list[float]:
+    """Cells to mask in each of ``n_images`` images (0 = not masked); see the module docstring.
+
+    Counts (``num_masked``, ``stratified``) are ints; ``ratio`` alone gives iBOT's
+    float ratio * H * W with ``grid`` = (H, W) (default (num_tokens, 1)):
+    float products depend on their order, and iBOT multiplies by H, then W.
+    """
+    height, width = grid or (num_tokens, 1)
     if stratified:
         lo, hi = ratio if isinstance(ratio, tuple) else (ratio, ratio)
         n_masked = int(n_images * prob)
@@ -103,9 +121,9 @@ def mask_budgets(n_images: int, num_tokens: int, rng: random.Random, num_masked:
         elif num_masked is not None:
             budgets.append(num_masked)
         elif isinstance(ratio, tuple):
-            budgets.append(int(num_tokens * rng.uniform(*ratio)))
+            budgets.append(rng.uniform(*ratio) * height * width)
         else:
-            budgets.append(int(num_tokens * ratio))
+            budgets.append(ratio * height * width)
     return budgets
 
 
@@ -113,16 +131,20 @@ def mask_budgets(n_images: int, num_tokens: int, rng: random.Random, num_masked:
 class BlockMask(Component):
     """Block-wise token mask (BEiT, EVA, iBOT, DINOv2): images float[*,C,H,W] -> mask bool[*,N].
 
-    N = (H / patch_size) * (W / patch_size), row-major. Drawn on the CPU from
-    a Python RNG seeded from torch's global generator (so torch.manual_seed
-    makes it reproducible), then moved to the images' device.
+    N = (H / patch_size) * (W / patch_size), row-major. The budget per image is
+    a whole count with num_masked (BEiT, EVA) or stratified (DINOv2 rounds
+    down), and iBOT's unrounded ratio * H * W with ratio alone (the loop bound
+    and block cap of iBOT's loader). Drawn on the CPU from a Python RNG seeded
+    from torch's global generator (so torch.manual_seed makes it
+    reproducible), then moved to the images' device.
     """
 
     class Config(ComponentConfig):
         patch_size: int = Field(16, ge=1, description="patch size of the encoder the mask is for")
         num_masked: Optional[int] = Field(None, ge=1, description="cells masked per image (BEiT 75 of 196, EVA 105 of 256)")
         ratio: Optional[Union[float, tuple[float, float]]] = Field(
-            None, description="fraction of tokens masked: a number, or [lo, hi] drawn per image (iBOT, DINOv2 [0.1, 0.5])")
+            None, description="fraction of tokens masked: a number, or [lo, hi] drawn per image (iBOT, DINOv2 [0.1, 0.5]); "
+                              "the budget ratio * H * W is kept unrounded (iBOT), except with stratified (DINOv2 rounds down)")
         prob: float = Field(1.0, ge=0.0, le=1.0,
                             description="probability that an image is masked at all (iBOT 0.5); with stratified, "
                                         "the fraction of the batch that is masked (DINOv2 0.5)")
@@ -182,7 +204,7 @@ class BlockMask(Component):
             cap = cap * n
         self._rng.seed(int(torch.randint(0, 2**62, (1,))))
         n_images = math.prod(lead)
-        budgets = mask_budgets(n_images, n, self._rng, cfg.num_masked, cfg.ratio, cfg.prob, cfg.stratified)
+        budgets = mask_budgets(n_images, n, self._rng, cfg.num_masked, cfg.ratio, cfg.prob, cfg.stratified, (gh, gw))
         masks = np.stack([block_mask(gh, gw, b, self._rng, cfg.min_num_patches, cap, cfg.min_aspect)
                           for b in budgets]) if n_images else np.zeros((0, gh, gw), dtype=bool)
         mask = torch.from_numpy(masks).reshape(*lead, n).to(images.device, non_blocking=True)

@@ -193,3 +193,85 @@ def test_config_accepts_the_papers_settings():
 def test_count_larger_than_grid_is_an_error():
     with pytest.raises(ValueError, match="num_masked 75"):
         make(patch_size=4, num_masked=75)(images=torch.zeros(1, 3, 32, 32))
+
+
+def ibot_reference_mask(H, W, pred_ratio, log_aspect_ratio=(math.log(0.3), math.log(1 / 0.3))):
+    """iBOT's block mask for one crop (ibot loader.py ImageFolderMask.__getitem__, pred_shape 'block'), written
+    from its loop: the budget ``high = pred_ratio * H * W`` stays a float, it bounds the loop and caps each
+    block; the smallest area is (min(H, W) // 3) ** 2; draws come from the ``random`` module."""
+    high = pred_ratio * H * W
+    mask = np.zeros((H, W), dtype=bool)
+    mask_count = 0
+    while mask_count < high:
+        max_mask_patches = high - mask_count
+        delta = 0
+        for _ in range(10):
+            low = (min(H, W) // 3) ** 2
+            target_area = random.uniform(low, max_mask_patches)
+            aspect_ratio = math.exp(random.uniform(*log_aspect_ratio))
+            h = int(round(math.sqrt(target_area * aspect_ratio)))
+            w = int(round(math.sqrt(target_area / aspect_ratio)))
+            if w < W and h < H:
+                top = random.randint(0, H - h)
+                left = random.randint(0, W - w)
+                num_masked = mask[top: top + h, left: left + w].sum()
+                if 0 < h * w - num_masked <= max_mask_patches:
+                    for i in range(top, top + h):
+                        for j in range(left, left + w):
+                            if not mask[i, j]:
+                                mask[i, j] = True
+                                delta += 1
+            if delta > 0:
+                break
+        if delta == 0:
+            break
+        mask_count += delta
+    return mask
+
+
+@pytest.mark.parametrize("grid", [(8, 8), (14, 14), (6, 10)])
+def test_unrounded_budget_gives_ibots_masks_for_the_same_stream(grid):
+    H, W = grid
+    low = (min(H, W) // 3) ** 2
+    differs_from_rounded = 0
+    for seed in range(60):
+        ratio = random.Random(1000 + seed).uniform(0.1, 0.5)
+        random.seed(seed)
+        expected = ibot_reference_mask(H, W, ratio)
+        after_reference = random.random()
+        rng = random.Random(seed)
+        [budget] = mask_budgets(1, H * W, random.Random(), ratio=ratio, grid=grid)
+        got = block_mask(H, W, budget, rng, min_num_patches=low)
+        np.testing.assert_array_equal(got, expected)
+        assert rng.random() == after_reference  # the same draws, not only the same mask
+        differs_from_rounded += not np.array_equal(got, block_mask(H, W, int(budget), random.Random(seed), low))
+    assert differs_from_rounded > 0  # the rounding is visible: the test can tell the two apart
+
+
+@pytest.mark.parametrize("params", [dict(ratio=0.3), dict(ratio=[0.1, 0.5], prob=0.5), dict(ratio=[0.2, 0.4])])
+def test_component_in_ibot_ratio_modes_masks_as_ibot(params):
+    # 8x8 grid (32 px, patch 4): iBOT's smallest block (8 // 3) ** 2 = 4. The per-image ratios are drawn as the
+    # module docstring says (all images first); each mask then follows iBOT's loop on the same stream.
+    masker = make(patch_size=4, min_num_patches=4, **params)
+    ratio, prob = params["ratio"], params.get("prob", 1.0)
+    for seed in range(8):
+        torch.manual_seed(seed)
+        got = masker(images=torch.zeros(2, 5, 3, 32, 32))["mask"]
+        torch.manual_seed(seed)
+        random.seed(int(torch.randint(0, 2**62, (1,))))
+        ratios = []
+        for _ in range(10):
+            if prob < 1.0 and random.random() >= prob:
+                ratios.append(0.0)
+            else:
+                ratios.append(random.uniform(*ratio) if isinstance(ratio, list) else ratio)
+        expected = np.stack([ibot_reference_mask(8, 8, r) for r in ratios]).reshape(2, 5, 64)
+        np.testing.assert_array_equal(got.numpy(), expected)
+
+
+def test_counts_stay_whole_numbers_outside_ibots_modes():
+    rng = random.Random(0)
+    assert all(type(b) is int for b in mask_budgets(8, 196, rng, num_masked=75))
+    stratified = mask_budgets(8, 196, rng, ratio=(0.1, 0.5), prob=0.5, stratified=True, grid=(14, 14))
+    assert all(type(b) is int for b in stratified)
+    assert mask_budgets(2, 64, rng, ratio=0.3, grid=(8, 8)) == [0.3 * 8 * 8] * 2  # iBOT: 19.2, not 19
