@@ -83,7 +83,7 @@ class Trainer:
                 hook.on_eval(self, step, results)
         return results
 
-    def train_step(self, step: int) -> dict[str, torch.Tensor | float]:
+    def train_step(self, step: int, batch: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor | float]:
         cfg = self.cfg.train
         progress = Progress(step, cfg.steps, self.data.steps_per_epoch)
         lr = warmup_cosine_lr(step, cfg.steps, self.peak_lr, self.warmup_steps, cfg.min_lr)
@@ -92,7 +92,8 @@ class Trainer:
         for c in self._before:
             c.before_step(progress)
         start = time.perf_counter()
-        batch = self.data.batch(step)
+        if batch is None:
+            batch = self.data.batch(step)
         with torch.autocast(self.data.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
             losses = self.forward(batch)
             total = self.executor.total_loss(losses)
@@ -117,11 +118,16 @@ class Trainer:
     def fit(self, start_step: int = 0, should_stop: Callable[[], bool] = lambda: False) -> bool:
         """Train from ``start_step``; returns False if ``should_stop`` ended it early."""
         self.executor.train()
+        batches = self.data.batches(start_step)
         for step in range(start_step, self.cfg.train.steps):
             self.step = step
             log_now = (step + 1) % self.cfg.train.log_every == 0 or step + 1 == self.cfg.train.steps
             self.executor.collect_stats = log_now
-            metrics = self.train_step(step)
+            waited = time.perf_counter()
+            batch = next(batches)
+            waited = time.perf_counter() - waited
+            metrics = self.train_step(step, batch)
+            metrics["data_wait_s"] = waited
             for hook in self.hooks:
                 hook.on_step_end(self, step, metrics)
             if step + 1 < self.cfg.train.steps:
