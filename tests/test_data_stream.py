@@ -234,3 +234,15 @@ def test_bad_files_are_skipped_by_name_or_stop_the_run_naming_the_file(tmp_path,
         it = folder_data(root, 1, on_bad_image="error").batches(0)
         for _ in range(3):
             next(it)
+
+
+def test_loaders_leave_the_global_rng_alone(tmp_path):
+    """A resumed run creates its loader at another step: drawing from the global RNG would shift the masks."""
+    root = make_folder(tmp_path / "f", classes=2, per_class=6)
+    data = folder_data(root, 1)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    next(data.batches(0))
+    list(data.eval_batches("test", None))
+    assert torch.equal(torch.rand(3), expected)

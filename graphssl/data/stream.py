@@ -50,6 +50,12 @@ def default_workers() -> int:
     return max(1, min(16, cpus // max(1, local) - 1))
 
 
+def own_generator() -> torch.Generator:
+    """A DataLoader's own generator: creating its iterator would otherwise draw from the global RNG (which the
+    training graph uses, and checkpoints restore), so a resumed run would drift from an uninterrupted one."""
+    return torch.Generator().manual_seed(0)
+
+
 def crop_plans(spec, image_size: int) -> tuple[tuple[CropPlan, ...], bool]:
     """(the crop plans of the nodes that read batch.images, whether any other node reads batch.images)."""
     if spec is None:
@@ -245,7 +251,7 @@ class StreamingData:
         cuda = self.device.type == "cuda"
         loader = DataLoader(self._dataset(), batch_sampler=StepBatches(self.order, start_step), num_workers=w,
                             collate_fn=collate_views, pin_memory=cuda, prefetch_factor=4 if w else None,
-                            persistent_workers=w > 0)
+                            persistent_workers=w > 0, generator=own_generator())
         for cpu in loader:
             yield self._deliver(cpu)
 
@@ -278,7 +284,7 @@ class StreamingData:
         dataset = EvalImages(self._decoders[split], indices, self.cfg.image_size, self.cfg.eval_crop)
         w = min(self.workers, max(0, len(indices) // EVAL_BATCH))
         loader = DataLoader(dataset, batch_size=EVAL_BATCH, num_workers=w, collate_fn=collate_eval,
-                            pin_memory=self.device.type == "cuda")
+                            pin_memory=self.device.type == "cuda", generator=own_generator())
         for batch in loader:
             self._note_skipped(batch["skipped"])
             if batch["images"] is not None:
