@@ -71,7 +71,8 @@ def build(root: Path, pipeline: str, overrides: list[str], workers: int, batch_s
 
 
 def graphssl_round(data, module, batches: int):
-    """One round: a fresh loader over the next ``batches`` steps, each batch through the augment node."""
+    """One round: a fresh loader over the next ``batches`` steps, each batch through the augment node
+    (``module`` None: the loader alone, the batched ops left to a training device)."""
     from torch.utils.data import DataLoader
 
     from graphssl.data.sampler import StepBatches
@@ -86,7 +87,9 @@ def graphssl_round(data, module, batches: int):
                             num_workers=data.workers, collate_fn=collate_views, prefetch_factor=4 if data.workers else None)
         with torch.no_grad():
             for cpu in loader:
-                module(images=data._deliver(cpu)["images"])
+                images = data._deliver(cpu)["images"]
+                if module is not None:
+                    module(images=images)
     return run
 
 
@@ -153,18 +156,19 @@ def main(argv=None) -> dict:
         mae_recipe = transforms.Compose([
             transforms.RandomResizedCrop(224, scale=(0.2, 1.0), interpolation=transforms.InterpolationMode.BICUBIC),
             transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
-        for name, ours, official in (
-                ("dino", graphssl_round(dino_data, dino_crops, args.batches),
-                 official_round(root, dino_recipe, args.batch_size, args.batches, args.workers)),
-                ("mae", graphssl_round(mae_data, mae_crop, args.batches),
-                 official_round(root, mae_recipe, args.batch_size, args.batches, args.workers))):
+        for name, data, module, recipe in (("dino", dino_data, dino_crops, dino_recipe), ("mae", mae_data, mae_crop, mae_recipe)):
             print(f"{name}: graphssl vs official, {args.workers} workers + 1 thread")
-            times = interleave({"graphssl": ours, "official": official}, args.rounds, 1, torch.device("cpu"))
+            variants = {"graphssl": graphssl_round(data, module, args.batches),
+                        "graphssl_loader": graphssl_round(data, None, args.batches),
+                        "official": official_round(root, recipe, args.batch_size, args.batches, args.workers)}
+            times = interleave(variants, args.rounds, 1, torch.device("cpu"))
             per_round = args.batches * args.batch_size
             result[name] = {
                 "graphssl_images_per_s": per_round / median(times["graphssl"]),
+                "graphssl_loader_images_per_s": per_round / median(times["graphssl_loader"]),
                 "official_images_per_s": per_round / median(times["official"]),
                 "speedup": paired_ratio(times["official"], times["graphssl"]),
+                "speedup_loader_only": paired_ratio(times["official"], times["graphssl_loader"]),
                 "round_seconds": times,
             }
         big = make_folder(Path(tmp) / "big", args.images * args.growth, seed=1)

@@ -246,3 +246,15 @@ def test_loaders_leave_the_global_rng_alone(tmp_path):
     next(data.batches(0))
     list(data.eval_batches("test", None))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_knn_over_query_chunks_equals_one_pass():
+    from graphssl.components.eval.knn import knn_predict
+
+    g = torch.Generator().manual_seed(0)
+    bank = torch.nn.functional.normalize(torch.randn(500, 16, generator=g), dim=-1)
+    queries = torch.nn.functional.normalize(torch.randn(70, 16, generator=g), dim=-1)
+    labels = torch.randint(5, (500,), generator=g)
+    whole = knn_predict(bank, labels, queries, 5)
+    chunked = knn_predict(bank, labels, queries, 5, max_elements=500 * 8)  # 8 queries per chunk
+    assert torch.equal(whole, chunked)
