@@ -104,7 +104,8 @@ def load_data(prepared: Prepared, device: torch.device, limit: int | None = None
     cfg = prepared.cfg
     data_cfg = cfg.data if limit is None else cfg.data.model_copy(update={"limit": limit, "batch_size": min(limit, cfg.data.batch_size)})
     try:
-        return Data(data_cfg, device, cfg.seed, world.rank if limit is None else 0, world.size if limit is None else 1)
+        return Data(data_cfg, device, cfg.seed, world.rank if limit is None else 0, world.size if limit is None else 1,
+                    prepared.spec)
     except DatasetMissing as e:
         raise PipelineError([prepared.loaded.problem("data", str(e))], prepared.source) from None
 

@@ -81,13 +81,9 @@ def run_dir(run_id: str) -> Path:
 
 def gathered_rng(world) -> list[dict[str, Any]]:
     """Every rank's RNG state, in rank order (collective under torchrun)."""
-    if not world.distributed:
-        return [rng_state()]
-    import torch.distributed as dist
+    from graphssl.distributed import all_gather_objects
 
-    out: list[Any] = [None] * world.size
-    dist.all_gather_object(out, rng_state())
-    return out
+    return all_gather_objects(rng_state(), world)
 
 
 def restore(trainer, state: dict[str, Any]) -> int:

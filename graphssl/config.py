@@ -20,13 +20,25 @@ class Strict(BaseModel):
 class DataConfig(Strict):
     """Training and evaluation images."""
 
-    dataset: Literal["fashion_mnist", "mnist", "image_folder", "cifar10"] = "fashion_mnist"
-    root: Optional[str] = Field(None, description="dataset folder; default: the Debian package's path")
+    dataset: Literal["fashion_mnist", "mnist", "image_folder", "shards", "cifar10"] = "fashion_mnist"
+    root: Optional[str] = Field(None, description="dataset folder (image_folder: ROOT/train/CLASS/*, ROOT/test|val/CLASS/*, "
+                                                  "or a folder of unlabeled images); default: the Debian package's path")
+    shards: Optional[str] = Field(None, description="shards: the training WebDataset tar files, a path, glob or brace "
+                                                    "spec (data/train-{000000..000146}.tar)")
+    test_shards: Optional[str] = Field(None, description="shards: the labelled test/validation tar files, as shards")
     image_size: int = Field(32, ge=8, description="side of the square images the pipeline sees")
     channels: Literal[1, 3] = 3
     batch_size: int = Field(64, ge=1, description="images per step (per process)")
-    limit: Optional[int] = Field(None, ge=1, description="use only the first N training images")
+    limit: Optional[int] = Field(None, ge=1, description="use only N training images: the first N of an in-memory set "
+                                                         "(stored in random order), a seeded class-stratified sample of a "
+                                                         "folder or shards")
     normalize: Literal["dataset", "imagenet", "clip", "inception", "none"] = "dataset"
+    workers: Optional[int] = Field(None, ge=0, description="loader worker processes of a folder or shards (0: decode in "
+                                                           "the training process); default: from the CPU count")
+    on_bad_image: Literal["skip", "error"] = Field("skip", description="an undecodable file: skip it (its count and first "
+                                                                       "paths are reported) or stop with its name")
+    eval_crop: float = Field(0.875, gt=0, le=1, description="evaluation transform of a folder or shards: resize the shorter "
+                                                            "side to image_size / eval_crop, then the centre crop")
 
 
 class TrainConfig(Strict):
@@ -60,7 +72,8 @@ class TrainConfig(Strict):
 
 class EvalConfig(Strict):
     every: Optional[int] = Field(None, ge=1, description="run evaluators every N steps (and always at the end)")
-    limit: int = Field(2000, ge=10, description="images per evaluation set (bank and queries)")
+    limit: Optional[int] = Field(2000, ge=10, description="images per evaluation set (bank and queries): a fixed, seeded, "
+                                                          "class-stratified subset of each split; null: the whole split")
 
 
 class PipelineHeader(Strict):

@@ -14,7 +14,7 @@ import torch
 from pydantic import Field, field_validator
 
 from graphssl.component import BuildContext, Component, ComponentConfig, In, Out
-from graphssl.ops.augment import color_jitter, resized_crops
+from graphssl.ops.augment import CropPlan, ViewGroup, color_jitter, precut_views, resized_crops
 from graphssl.ports import IMAGES
 from graphssl.registry import register
 
@@ -49,14 +49,26 @@ class Crop(Component):
     def __init__(self, config: Config, ctx: BuildContext):
         super().__init__(config, ctx)
         self.size = config.size or ctx.image_size
+        self.plan = self.plan_crops(config, ctx.image_size)
         mean = config.mean or getattr(ctx.data, "mean", None) or (0.485, 0.456, 0.406)
         std = config.std or getattr(ctx.data, "std", None) or (0.229, 0.224, 0.225)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1), persistent=False)
 
+    @classmethod
+    def plan_crops(cls, config: Config, image_size: int) -> CropPlan:
+        """The one view's geometry (a streaming data path cuts it from the original image)."""
+        c = config
+        return CropPlan((ViewGroup(1, c.size or image_size, c.scale, c.ratio, c.flip_prob, c.interpolation),))
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.config
-        views = resized_crops(images, 1, self.size, c.scale, c.ratio, c.flip_prob, c.interpolation)[0]
+        cut = precut_views(images, self.plan)
+        if cut is not None:  # cut from the original by the data path: normalise as the input was
+            mean, std = self.mean.to(cut[0])[: cut[0].shape[2]], self.std.to(cut[0])[: cut[0].shape[2]]
+            views = (cut[0][0] - mean) / std
+        else:
+            views = resized_crops(images, 1, self.size, c.scale, c.ratio, c.flip_prob, c.interpolation)[0]
         if c.color_jitter > 0:
             mean, std = self.mean.to(views)[: views.shape[1]], self.std.to(views)[: views.shape[1]]
             pixels = (views * std + mean).clamp(0, 1)

@@ -31,7 +31,8 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from graphssl.component import BuildContext, Component, ComponentConfig, In, Out
-from graphssl.ops.augment import color_jitter, random_blur, random_grayscale, random_solarize, resized_crops
+from graphssl.ops.augment import (CropPlan, ViewGroup, color_jitter, precut_views, random_blur, random_grayscale,
+                                  random_solarize, resized_crops)
 from graphssl.ports import IMAGES
 from graphssl.registry import register
 
@@ -119,6 +120,7 @@ class MultiCrop(Component):
         c = config
         self.global_size = c.global_size or ctx.image_size
         self.local_size = c.local_size or max(1, round(self.global_size * 96 / 224))
+        self.plan = self.plan_crops(c, ctx.image_size)
         self.kernel_size = c.blur_kernel_size or 2 * math.ceil(3 * c.blur_sigma[1]) + 1
         mean = c.mean or getattr(ctx.data, "mean", None) or (0.485, 0.456, 0.406)
         std = c.std or getattr(ctx.data, "std", None) or (0.229, 0.224, 0.225)
@@ -129,11 +131,22 @@ class MultiCrop(Component):
         self.register_buffer("blur_prob", torch.tensor(blur), persistent=False)
         self.register_buffer("solarize_prob", torch.tensor(sol), persistent=False)
 
-    def _views(self, pixels: torch.Tensor, n: int, size: int, scale: tuple[float, float], first: int) -> torch.Tensor:
-        """n views of [0,1] pixels -> normalised [n,B,C,size,size]; ``first`` indexes the per-view tables."""
+    @classmethod
+    def plan_crops(cls, config: Config, image_size: int) -> CropPlan:
+        """The global and local views' geometry (a streaming data path cuts them from the original image)."""
+        c = config
+        global_size = c.global_size or image_size
+        local_size = c.local_size or max(1, round(global_size * 96 / 224))
+        groups = [ViewGroup(c.n_global, global_size, c.global_scale, c.ratio, c.flip_prob, c.interpolation)]
+        if c.n_local > 0:
+            groups.append(ViewGroup(c.n_local, local_size, c.local_scale, c.ratio, c.flip_prob, c.interpolation))
+        return CropPlan(tuple(groups))
+
+    def _views(self, cropped: torch.Tensor, first: int) -> torch.Tensor:
+        """Cropped [0,1] pixels [n,B,C,S,S] -> normalised [n,B,C,S,S]; ``first`` indexes the per-view tables."""
         c = self.config
-        b, ch = pixels.shape[:2]
-        x = resized_crops(pixels, n, size, scale, c.ratio, c.flip_prob, c.interpolation).flatten(0, 1).clamp(0, 1)
+        n, b, ch, size = cropped.shape[:3] + cropped.shape[-1:]
+        x = cropped.flatten(0, 1)
         x = color_jitter(x, c.brightness, c.contrast, c.saturation, c.hue, c.jitter_prob, c.jitter_random_order)
         x = random_grayscale(x, c.grayscale_prob)
         blur = self.blur_prob[first:first + n].repeat_interleave(b)  # view-major, as the crops
@@ -148,8 +161,15 @@ class MultiCrop(Component):
         ch = images.shape[1]
         if self.mean.shape[0] not in (1, ch) and self.mean.shape[0] < ch:
             raise ValueError(f"mean/std have {self.mean.shape[0]} channels, images have {ch}")
-        pixels = images * self.std[:ch].to(images) + self.mean[:ch].to(images)
-        out = {"global": self._views(pixels, c.n_global, self.global_size, c.global_scale, 0)}
+        cut = precut_views(images, self.plan)  # [global, local] when the data path cut them from the originals
+        pixels = None if cut is not None else images * self.std[:ch].to(images) + self.mean[:ch].to(images)
+
+        def cropped(group: int, n: int, size: int, scale: tuple[float, float]) -> torch.Tensor:
+            if cut is not None:
+                return cut[group]
+            return resized_crops(pixels, n, size, scale, c.ratio, c.flip_prob, c.interpolation).clamp(0, 1)
+
+        out = {"global": self._views(cropped(0, c.n_global, self.global_size, c.global_scale), 0)}
         if c.n_local > 0:
-            out["local"] = self._views(pixels, c.n_local, self.local_size, c.local_scale, c.n_global)
+            out["local"] = self._views(cropped(1, c.n_local, self.local_size, c.local_scale), c.n_global)
         return out

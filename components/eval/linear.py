@@ -20,7 +20,7 @@ from pydantic import Field
 from torch import nn
 
 from graphssl.component import Component, ComponentConfig
-from graphssl.ops.features import frozen_features
+from graphssl.ops.features import labelled_features
 from graphssl.registry import register
 
 
@@ -99,7 +99,8 @@ def probe_accuracy(head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 @register("eval.linear")
 class LinearProbeEval(Component):
     """Linear-probe top-1 on the test split: a BatchNorm (no affine) + linear head trained on the frozen
-    features of the first ``eval.limit`` training images, tested on the first ``eval.limit`` test images.
+    features of a fixed class-stratified subset of ``eval.limit`` training images, tested on one of ``eval.limit``
+    test images (null: whole splits).
     Logs ``linear_top1``."""
 
     role = "evaluator"
@@ -116,16 +117,15 @@ class LinearProbeEval(Component):
         every: int | None = Field(None, ge=1, description="steps between runs; default: eval.every")
         metric: str = Field("linear_top1", description="name of the logged metric")
 
-    def evaluate(self, resolve: Callable[[str], nn.Module], data, limit: int) -> dict[str, float]:
+    def evaluate(self, resolve: Callable[[str], nn.Module], data, limit: int | None) -> dict[str, float]:
         c = self.config
+        if not getattr(data, "labelled", True):
+            return {}  # unlabeled images (pretraining only): nothing to classify
         encoder = resolve(c.encoder)
-        train = data.eval_set("train", limit)
-        test = data.eval_set("test", limit)
-        train_x = frozen_features(encoder, train.images, data.to_input, c.feature)
-        test_x = frozen_features(encoder, test.images, data.to_input, c.feature)
-        num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-        device = train_x.device
+        train_x, train_y = labelled_features(encoder, data, "train", limit, c.feature)
+        test_x, test_y = labelled_features(encoder, data, "test", limit, c.feature)
+        num_classes = max(int(getattr(data, "num_classes", 0)), int(max(train_y.max(), test_y.max())) + 1)
         with torch.enable_grad():
-            head = train_linear_probe(train_x, train.labels.to(device), num_classes, c.epochs, c.lr, c.batch_size,
+            head = train_linear_probe(train_x, train_y, num_classes, c.epochs, c.lr, c.batch_size,
                                       c.weight_decay, seed=c.seed)
-        return {c.metric: probe_accuracy(head, test_x, test.labels.to(device))}
+        return {c.metric: probe_accuracy(head, test_x, test_y)}

@@ -10,9 +10,45 @@ RandomGrayscale, GaussianBlur, RandomSolarize).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------- crop plans
+
+
+@dataclass(frozen=True)
+class ViewGroup:
+    """``count`` views of side ``size``: RandomResizedCrop(scale, ratio) + flip, resampled with ``interpolation``."""
+
+    count: int
+    size: int
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    flip_prob: float
+    interpolation: str
+
+
+@dataclass(frozen=True)
+class CropPlan:
+    """The geometric part of an augmenter: what a data path may cut from the original images for it.
+
+    A streaming data path delivers the views of a plan pre-cut (in its loader
+    workers, from the full-resolution decode) as ``images.precut[plan]``; the
+    augmenter then skips its own crop and applies only the batched ops.
+    """
+
+    groups: tuple[ViewGroup, ...]
+
+
+def precut_views(images: torch.Tensor, plan: CropPlan) -> list[torch.Tensor] | None:
+    """float[count,B,C,size,size] pixels in [0, 1] per group of ``plan``, if the data path cut them; else None."""
+    cut = getattr(images, "precut", None)
+    if not cut or plan not in cut:
+        return None
+    return [views.float().div_(255) for views in cut[plan]]
+
 
 # ----------------------------------------------------------------------------- crops
 

@@ -1,22 +1,26 @@
-"""Datasets held in memory as uint8 tensors, and a resumable batch order.
+"""Small datasets held in memory as uint8 tensors: Fashion-MNIST, MNIST, CIFAR-10.
 
 Fashion-MNIST (and MNIST) are read from IDX files: Debian's
 ``dataset-fashion-mnist`` installs them under /usr/share/datasets/fashion-mnist/;
-torchvision downloads them where the network allows. ``image_folder`` reads
-ROOT/train/CLASS/* and ROOT/test/CLASS/* (or ROOT/val). Images are resized once
-at load, kept as uint8, and turned into normalised float batches on the device.
+torchvision downloads them where the network allows. Images are resized once
+at load, kept as uint8, and turned into normalised float batches on the device;
+augmenters crop the batch on the device. Image folders and shards stream
+instead (:mod:`graphssl.data.stream`).
 """
 from __future__ import annotations
 
 import gzip
 import struct
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 
 from graphssl.config import DataConfig
+from graphssl.data.common import EVAL_SEED, NORMALIZE, DatasetMissing, ImageSet, chunks, fixed_normalization  # noqa: F401
+from graphssl.data.sampler import BatchOrder
+from graphssl.data.subsets import stratified_subset
 
 DEFAULT_ROOTS = {
     "fashion_mnist": ["/usr/share/datasets/fashion-mnist", "~/.cache/graphssl/fashion-mnist"],
@@ -27,27 +31,7 @@ HOW_TO_GET = {
     "fashion_mnist": "install it with `apt-get install dataset-fashion-mnist`, or set data.root to a folder with the IDX files",
     "mnist": "set data.root to a folder with MNIST's IDX files (train-images-idx3-ubyte[.gz], ...), or run where torchvision can download it",
     "cifar10": "run where torchvision can download CIFAR-10, or set data.root to a folder holding cifar-10-batches-py",
-    "image_folder": "set data.root to a folder with train/CLASS/*.png|jpg and test/CLASS/* (or val/)",
 }
-NORMALIZE = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
-    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-}
-
-
-class DatasetMissing(Exception):
-    """The dataset files were not found; the message says where we looked and how to get them."""
-
-
-@dataclass
-class ImageSet:
-    images: torch.Tensor  # uint8[N, C, S, S], already at the pipeline's image size
-    labels: torch.Tensor  # long[N]
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 def read_idx(path: Path) -> torch.Tensor:
@@ -117,38 +101,12 @@ def _load_cifar10(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tens
     return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
 
 
-def _load_image_folder(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from PIL import Image
-
-    root = Path(cfg.root or "").expanduser()
-    names = ["train"] if split == "train" else ["test", "val"]
-    folder = next((root / n for n in names if (root / n).is_dir()), None)
-    if not cfg.root or folder is None:
-        raise DatasetMissing(f"image_folder: no {'/'.join(names)} folder under {root}; {HOW_TO_GET['image_folder']}")
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
-    images, labels = [], []
-    for label, cls in enumerate(classes):
-        for path in sorted((folder / cls).iterdir()):
-            if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
-                continue
-            img = Image.open(path).convert("RGB" if cfg.channels == 3 else "L")
-            img = img.resize((cfg.image_size, cfg.image_size), Image.BICUBIC)
-            t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-            images.append(t.reshape(img.size[1], img.size[0], -1).permute(2, 0, 1))
-            labels.append(label)
-    if not images:
-        raise DatasetMissing(f"image_folder: no images in {folder}; {HOW_TO_GET['image_folder']}")
-    return torch.stack(images), torch.tensor(labels)
-
-
 def load_split(cfg: DataConfig, split: str, limit: int | None = None) -> ImageSet:
     """The ``split`` ("train" or "test") as uint8 images at cfg.image_size."""
     if cfg.dataset in ("fashion_mnist", "mnist"):
         images, labels = _load_idx_dataset(cfg, split)
-    elif cfg.dataset == "cifar10":
-        images, labels = _load_cifar10(cfg, split)
     else:
-        images, labels = _load_image_folder(cfg, split)
+        images, labels = _load_cifar10(cfg, split)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     if images.shape[-1] != cfg.image_size or images.shape[-2] != cfg.image_size:
@@ -157,10 +115,18 @@ def load_split(cfg: DataConfig, split: str, limit: int | None = None) -> ImageSe
     return ImageSet(images.contiguous(), labels)
 
 
-class Data:
-    """Training batches and labelled evaluation sets for one pipeline run."""
+class MemoryData:
+    """Training batches and labelled evaluation sets of an in-memory dataset.
 
-    def __init__(self, cfg: DataConfig, device: torch.device, seed: int = 0, rank: int = 0, world_size: int = 1):
+    ``data.limit`` keeps the first N training images (these files store their
+    images in random order); evaluation sets are seeded class-stratified subsets.
+    """
+
+    streamed = False
+    labelled = True
+
+    def __init__(self, cfg: DataConfig, device: torch.device, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 spec=None):
         self.cfg = cfg
         self.device = device
         self.seed = seed
@@ -169,23 +135,28 @@ class Data:
         if len(self.train) < cfg.batch_size * world_size:
             raise DatasetMissing(f"data.batch_size {cfg.batch_size} x {world_size} processes is more than the "
                                  f"{len(self.train)} training images")
-        self._eval_cache: dict[tuple[str, int], ImageSet] = {}
-        if cfg.normalize == "dataset":
+        self.order = BatchOrder(len(self.train), cfg.batch_size, seed, rank, world_size)
+        self._splits: dict[str, ImageSet] = {"train": self.train}
+        if cfg.normalize == "dataset":  # these files are in random order: the first 10k are a random sample
             pixels = self.train.images[:10000].float() / 255
-            mean = pixels.mean(dim=(0, 2, 3))
-            std = pixels.std(dim=(0, 2, 3))
+            mean, std = pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3))
             if cfg.channels == 3 and len(mean) == 1:
                 mean, std = mean.repeat(3), std.repeat(3)
+            mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
         else:
-            mean, std = (torch.tensor(v[: cfg.channels] if cfg.channels == 3 else v[:1]) for v in NORMALIZE[cfg.normalize])
-        self.mean = tuple(float(v) for v in mean)  # per channel, what inputs are normalised with
-        self.std = tuple(float(v) for v in std)
+            mean, std = fixed_normalization(cfg.normalize, cfg.channels)
+        self.mean, self.std = mean, std  # per channel, what inputs are normalised with
         self._mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
         self._std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+        self.skipped: list[str] = []
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.train) // (self.cfg.batch_size * self.world_size)
+        return self.order.steps_per_epoch
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.train.labels.max()) + 1
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8[B,c,S,S] -> float[B,C,S,S] on the device, channel-replicated and normalised."""
@@ -195,35 +166,32 @@ class Data:
         return (x - self._mean) / self._std
 
     def batch_indices(self, step: int) -> torch.Tensor:
-        """This process's indices at ``step``, as a DistributedSampler with per-epoch reshuffle.
-
-        Every epoch is a fresh permutation fixed by the seed (so a step is a
-        data position, and resuming is exact); the global batch at ``step`` is
-        split between the processes by rank.
-        """
-        epoch, i = divmod(step, self.steps_per_epoch)
-        g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-        perm = torch.randperm(len(self.train), generator=g)
-        b = self.cfg.batch_size
-        start = (i * self.world_size + self.rank) * b
-        return perm[start: start + b]
+        """This process's indices at ``step`` (see :mod:`graphssl.data.sampler`)."""
+        return self.order.indices(step)
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         return {"images": self.to_input(self.train.images[self.batch_indices(step)])}
 
-    def batches(self, start_step: int = 0):
-        """The batches of steps ``start_step``, ``start_step + 1``, ... (what the trainer iterates)."""
+    def batches(self, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """The batches of step start_step, start_step + 1, ..."""
         step = start_step
         while True:
             yield self.batch(step)
             step += 1
 
-    def eval_set(self, split: str, limit: int) -> ImageSet:
-        """The first ``limit`` images of a labelled split (uint8, not normalised)."""
-        key = (split, limit)
-        if key not in self._eval_cache:
-            if split == "train" and len(self.train) >= limit:
-                self._eval_cache[key] = ImageSet(self.train.images[:limit], self.train.labels[:limit])
-            else:
-                self._eval_cache[key] = load_split(self.cfg, split, limit)
-        return self._eval_cache[key]
+    def split(self, split: str) -> ImageSet:
+        if split not in self._splits:
+            self._splits[split] = load_split(self.cfg, split)
+        return self._splits[split]
+
+    def eval_set(self, split: str, limit: int | None) -> ImageSet:
+        """A seeded class-stratified subset of ``limit`` images of a labelled split (None: all; uint8, not normalised)."""
+        s = self.split(split)
+        keep = stratified_subset(s.labels, limit, EVAL_SEED)
+        return ImageSet(s.images[keep], s.labels[keep])
+
+    def eval_batches(self, split: str, limit: int | None, batch_size: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8[b,C,S,S], long[b]) batches of :meth:`eval_set`."""
+        s = self.eval_set(split, limit)
+        for part in chunks(len(s), batch_size):
+            yield s.images[part], s.labels[part]
