@@ -15,7 +15,7 @@ from graphssl.data import BadImage, Data, DatasetMissing, StreamingData
 from graphssl.data.decode import decode
 from graphssl.data.subsets import stratified_subset
 from graphssl.data.views import centre_view, crop_box, cut_views
-from graphssl.ops.augment import CropPlan, ViewGroup
+from graphssl.ops.crops import CropPlan, ViewGroup
 from imagegen import make_folder, make_shards
 
 PLAN = CropPlan((ViewGroup(2, 24, (0.4, 1.0), (3 / 4, 4 / 3), 0.5, "bicubic"),

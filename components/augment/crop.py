@@ -14,7 +14,8 @@ import torch
 from pydantic import Field, field_validator
 
 from graphssl.component import BuildContext, Component, ComponentConfig, In, Out
-from graphssl.ops.augment import CropPlan, ViewGroup, color_jitter, precut_views, resized_crops
+from graphssl.ops.augment import color_jitter
+from graphssl.ops.crops import CropPlan, ViewGroup, precut_views, resized_crops
 from graphssl.ports import IMAGES
 from graphssl.registry import register
 

@@ -31,8 +31,8 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from graphssl.component import BuildContext, Component, ComponentConfig, In, Out
-from graphssl.ops.augment import (CropPlan, ViewGroup, color_jitter, precut_views, random_blur, random_grayscale,
-                                  random_solarize, resized_crops)
+from graphssl.ops.augment import color_jitter, random_blur, random_grayscale, random_solarize
+from graphssl.ops.crops import CropPlan, ViewGroup, precut_views, resized_crops
 from graphssl.ports import IMAGES
 from graphssl.registry import register
 

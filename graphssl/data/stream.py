@@ -33,7 +33,7 @@ from graphssl.data.sampler import BatchOrder, StepBatches
 from graphssl.data.sources import Source, folder_sources, shard_sources
 from graphssl.data.subsets import random_subset, stratified_subset
 from graphssl.data.views import centre_view, cut_views, sample_rng
-from graphssl.ops.augment import CropPlan
+from graphssl.ops.crops import CropPlan
 
 STATS_IMAGES = 1000  # normalize: dataset reads its statistics from this many random training images
 SUBSTITUTE_STRIDE = 7919  # a skipped training image is replaced by the image this many positions on

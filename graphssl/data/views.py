@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from graphssl.data.decode import pixels
-from graphssl.ops.augment import CropPlan
+from graphssl.ops.crops import CropPlan
 
 RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 

@@ -1,10 +1,10 @@
-"""augment.crop and the shared crop math in graphssl/ops/augment.py."""
+"""augment.crop and the shared crop math in graphssl/ops/crops.py."""
 
 import pytest
 import torch
 
 from graphssl.component import BuildContext
-from graphssl.ops.augment import crop_theta, resized_crops, sample_crop_boxes
+from graphssl.ops.crops import crop_theta, resized_crops, sample_crop_boxes
 from graphssl.registry import get
 
 
