@@ -81,7 +81,7 @@ class Stopped(Exception):
 def train_stage(stage: Stage, plan: Plan, tracker: Tracker, run_id: str, artifacts: dict[str, Path], ckpt_dir: Path,
                 device: torch.device, log=print, resume: dict | None = None,
                 should_stop=lambda: False, parent_run_id: str | None = None,
-                world: World = World()) -> tuple[Path, dict[str, float]]:
+                world: World = World(), register: str | None = None) -> tuple[Path, dict[str, float]]:
     """Train one stage under the MLflow run ``run_id``; returns its modules file and final evaluation.
 
     With ``resume`` (a training state this stage wrote), training continues
@@ -130,6 +130,10 @@ def train_stage(stage: Stage, plan: Plan, tracker: Tracker, run_id: str, artifac
 
             draw_graph(prepared.spec, Path(tmp) / "graph.png", title=cfg.name)
             tracker.log_artifact(run_id, Path(tmp) / "graph.png")
+        if world.main:
+            from graphssl.export import log_dataset_input
+
+            tracker.safely("log the dataset as the run's input", log_dataset_input, tracker, run_id, data)
 
     final: dict[str, float] = dict(resume["final"]) if resume else {}
     state_path = ckpt_dir / f"{stage.name}.state.pt"
@@ -171,6 +175,10 @@ def train_stage(stage: Stage, plan: Plan, tracker: Tracker, run_id: str, artifac
             save_modules(modules, prepared, modules_path, states)
             tracker.log_artifact(run_id, modules_path, "model")
             tracker.log_artifact(run_id, state_path, "checkpoints")
+            from graphssl.export import log_stage_model
+
+            tracker.safely("log the encoder as an MLflow model", log_stage_model, tracker, run_id, modules_path,
+                           data.mean, data.std, cfg.train.steps - 1, register)
             if world.distributed and checksums:
                 in_sync = len(set(checksums)) == 1
                 tracker.set_tags(run_id, {"graphssl.world_size": world.size, "graphssl.global_batch": trainer.global_batch,
@@ -254,10 +262,12 @@ def find_resume_state(resume: str, tracker: Tracker, tmp: Path) -> tuple[str, Pa
 
 
 def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = None, experiment: str | None = None,
-        run_name: str | None = None, force: bool = False, resume: str | None = None, log=print) -> str:
+        run_name: str | None = None, force: bool = False, resume: str | None = None, log=print,
+        register: str | None = None, system_metrics: bool = False) -> str:
     """Train every stage of a pipeline (reusing unchanged ones); returns the MLflow parent run id.
 
     ``resume``: a parent run id (or a checkpoint folder/file) whose last checkpoint to continue from.
+    ``register``: a registered-model name for the last stage's encoder; ``system_metrics``: MLflow's.
     """
     plan = plan_pipeline(path, overrides)
     first = next(iter(plan.stages.values())).prepared
@@ -299,6 +309,10 @@ def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = 
                 tracker.log_artifact(parent, resolved)
             log(f"run {parent} ({plan.name}) -> {tracker.uri}")
         ckpt_dir = checkpoint_run_dir(parent)
+        from graphssl.export import start_system_metrics
+
+        monitor = start_system_metrics(tracker, parent, system_metrics and world.main, resume=bool(resume))
+        last_stage = list(plan.stages)[-1]
         status = "FAILED"
         artifacts: dict[str, Path] = {}
         try:
@@ -310,7 +324,7 @@ def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = 
                     continue  # finished before the interruption
                 if not plan.staged:
                     artifacts[name], final = train_stage(stage, plan, tracker, parent, artifacts, ckpt_dir, device, log,
-                                                         state, stop, parent, world)
+                                                         state, stop, parent, world, register)
                     continue
                 reusable = broadcast(None if (force or state or not world.main) else find_reusable(tracker, stage), world)
                 if reusable:
@@ -337,7 +351,7 @@ def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = 
                 stage_status = "FAILED"
                 try:
                     artifacts[name], final = train_stage(stage, plan, tracker, stage_run, artifacts, ckpt_dir, device, log,
-                                                         state, stop, parent, world)
+                                                         state, stop, parent, world, register if name == last_stage else None)
                     stage_status = "FINISHED"
                 except Stopped:
                     stage_status = "KILLED"
@@ -355,6 +369,8 @@ def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = 
                 log(f"{e}; continue with: graphssl run {plan.source} --resume {parent}")
             raise
         finally:
+            if monitor is not None:
+                monitor.stop()
             tracker.end_run(parent, status)
             teardown()
     return parent

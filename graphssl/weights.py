@@ -286,6 +286,15 @@ def timm_filter(model: nn.Module) -> Callable | None:
     return getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
 
 
+def _grid(positions: int) -> str:
+    """'37x37' for 1369 or 1370 positions (a square grid, with or without [CLS]'s)."""
+    for n in (positions, positions - 1):
+        side = round(n ** 0.5)
+        if side * side == n:
+            return f"{side}x{side}"
+    return f"{positions}-position"
+
+
 def _patch_kernel(state: dict[str, torch.Tensor]) -> tuple[str, torch.Tensor] | None:
     for key, value in state.items():
         if (key.endswith("patch_embed.proj.weight") or key.endswith("visual.conv1.weight")) and value.ndim == 4:
@@ -317,8 +326,8 @@ def load_weights(model: nn.Module, ref: str | Path, fresh_ok: tuple[str, ...] = 
                             "(the rest are not the image tower's)")
     pos = state.get("pos_embed")
     if source_pos is not None and pos is not None and source_pos.shape != pos.shape:
-        report.notes.append(f"pos_embed resampled from {source_pos.shape[1]} to {pos.shape[1]} positions "
-                            "(another image size; bicubic, as timm)")
+        report.notes.append(f"pos_embed resampled from the checkpoint's {_grid(source_pos.shape[-2])} grid to the "
+                            f"model's {_grid(pos.shape[-2])} (another image size; bicubic, as timm)")
     mismatched = [f"{k}: checkpoint {list(v.shape)}, model {list(own[k].shape)}"
                   for k, v in state.items() if k in own and v.shape != own[k].shape]
     if mismatched:

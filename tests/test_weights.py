@@ -224,7 +224,7 @@ def test_depth_and_patch_size_mismatches_are_errors(tmp_path):
 def test_another_image_size_resamples_positions_and_says_so(tmp_path):
     torch.save(timm_vit(img_size=32).state_dict(), tmp_path / "at32.pth")
     report = encoder(tmp_path / "at32.pth").checkpoint_report
-    assert any("pos_embed resampled from 65 to 17" in n for n in report.notes)
+    assert any("pos_embed resampled from the checkpoint's 8x8 grid to the model's 4x4" in n for n in report.notes)
 
 
 class RunsCode:
@@ -263,3 +263,25 @@ def test_a_teacher_must_be_complete(tmp_path):
     target = timm.create_model("vit_base_patch16_clip_224", pretrained=False, num_classes=16, img_size=32, patch_size=16, **TINY)
     with pytest.raises(WeightsError, match=r"no value for head\.weight"):
         load_weights(target, tmp_path / "no_head.pth", fresh_ok=())
+
+
+@pytest.mark.slow
+def test_eva_clip_pipeline_runs_offline_on_a_local_clip_tower(workdir, monkeypatch, capsys):
+    """pipelines/eva_clip.yaml end to end without the hub: the teacher is a randomly initialised tiny CLIP
+    ViT-B/16 tower saved in open_clip's file layout (OpenAI's key names, text tower included)."""
+    from conftest import PIPELINES
+    from graphssl.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sizes = dict(depth=1, embed_dim=64, num_heads=2)
+    tower = timm_vit("vit_base_patch16_clip_224.openai", seed=11, num_classes=512, img_size=224, patch_size=16, **sizes)
+    with torch.no_grad():
+        tower.head.bias.zero_()
+    torch.save(layouts.openai_clip(tower.state_dict()), workdir / "open_clip_pytorch_model.bin")
+    overrides = [f"nodes.target.weights={workdir / 'open_clip_pytorch_model.bin'}",
+                 *[f"nodes.target.model_kwargs.{k}={v}" for k, v in sizes.items()],
+                 "nodes.encoder.depth=1", "train.steps=2", "data.limit=16", "data.batch_size=4", "eval.limit=16", "device=cpu"]
+    assert main(["run", str(PIPELINES / "eva_clip.yaml"), *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "target.features: loaded 21 tensors from" in out and "CLIP, OpenAI/open_clip layout" in out
+    assert "knn_top1=" in out
