@@ -1,4 +1,4 @@
-"""graphssl's command line: run, check, components, graph, compare, schema, new."""
+"""graphssl's command line: run, check, components, graph, compare, export, schema, new."""
 from __future__ import annotations
 
 import argparse
@@ -69,7 +69,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                       args.rdzv_endpoint, args.node_rank)
 
     run_id = run(args.pipeline, args.overrides, tracking_uri=args.tracking_uri, experiment=args.experiment,
-                 run_name=args.run_name, force=args.force, resume=args.resume)
+                 run_name=args.run_name, force=args.force, resume=args.resume, register=args.register,
+                 system_metrics=args.system_metrics)
     if os.environ.get("RANK", "0") == "0":
         print(f"finished run {run_id}")
     return 0
@@ -160,6 +161,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from graphssl.export import ExportError, export_run
+
+    try:
+        done = export_run(args.run_id, args.output, node=args.node, stage=args.stage, feature=args.feature,
+                          tracking_uri=args.tracking_uri)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    pooled = "[CLS] (global_pool token)" if done.feature == "cls" else "mean patch token (global_pool avg)"
+    print(f"wrote {done.folder}: node {done.node} ({done.architecture}), features: {pooled}\n"
+          f"  timm.create_model(\"local-dir:{done.folder}\", pretrained=True)\n"
+          f"  graphssl run PIPELINE nodes.ENCODER.checkpoint={done.folder}")
+    return 0
+
+
 def cmd_graph(args: argparse.Namespace) -> int:
     from graphssl.picture import draw_graph
     from graphssl.plan import plan_pipeline
@@ -198,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nnodes", type=int, help="machines taking part (run the same command on each)")
     p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="rendezvous of a multi-machine run")
     p.add_argument("--node-rank", type=int, help="this machine's rank in a multi-machine run")
+    p.add_argument("--register", metavar="NAME", help="register the trained encoder (the last stage's) as a new "
+                                                      "version of this MLflow registered model")
+    p.add_argument("--system-metrics", action="store_true", help="log MLflow's system metrics (CPU, memory, GPU)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="validate a pipeline and dry-run it on a tiny batch; trains nothing")
@@ -217,6 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write the picture here (png, svg, pdf)")
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("export", help="write a run's trained encoder as a timm model folder (config.json, model.safetensors)",
+                       epilog="examples: graphssl export mae -o mae_encoder;  graphssl export 3f2a9c --stage student;  "
+                              "graphssl export checkpoints/RUN_ID --node teacher.student")
+    p.add_argument("run_id", metavar="RUN_ID", help="a run id, unique id prefix, run name (the newest) or checkpoint folder")
+    p.add_argument("-o", "--output", help="the folder to write (default: ./RUNNAME-IDPREFIX[-STAGE])")
+    p.add_argument("--node", help="the node to export (default: the encoder the run's evaluator evaluated)")
+    p.add_argument("--stage", help="a staged pipeline's stage (default: the last)")
+    p.add_argument("--feature", choices=("cls", "mean"), help="pooling of forward_head: [CLS] or the mean patch token "
+                                                              "(default: the evaluator's)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("schema", help="print the JSON Schema of pipeline YAML (graphssl schema > pipeline.schema.json)")
     p.set_defaults(func=cmd_schema)
 
@@ -234,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 VALUE_OPTIONS = {"--tracking-uri", "--experiment", "--run-name", "--resume", "--from-run", "--nproc-per-node",
-                 "--nnodes", "--rdzv-endpoint", "--node-rank", "-o", "--output", "--from", "--last"}
+                 "--nnodes", "--rdzv-endpoint", "--node-rank", "-o", "--output", "--from", "--last", "--register",
+                 "--node", "--stage", "--feature"}
 
 
 def positionals_first(argv: list[str]) -> list[str]:

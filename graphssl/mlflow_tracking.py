@@ -35,7 +35,7 @@ class Tracking(RunHook):
     def start_run(self, plan: "Plan", run_name: str | None, tags: dict[str, str]) -> str:
         return ""
 
-    def resume_run(self, run_id: str) -> None:
+    def resume_run(self, plan: "Plan", run_id: str) -> None:
         pass
 
     def finished_stage(self, stage: str) -> str | None:
@@ -69,15 +69,23 @@ class Tracking(RunHook):
 
 
 class MlflowTracking(Tracking):
-    def __init__(self, uri: str | None, experiment: str, log=print):
+    """``register``: a registered-model name for the product's encoder (the last stage's);
+    ``system_metrics``: MLflow's system metrics (CPU, memory, GPU) on the parent run."""
+
+    def __init__(self, uri: str | None, experiment: str, log=print, register: str | None = None,
+                 system_metrics: bool = False):
         self.tracker = Tracker(uri, experiment)
         self.tracker.warn = lambda message: log(message)
+        self.log = log
         self.uri = self.tracker.uri
+        self.register, self.system_metrics = register, system_metrics
         self.parent = ""
         self.stage_run = ""
         self.node_runs: dict[str, str] = {}
         self.timer, self.stats = NodeTimer(), OutputStats()
         self._last_flush = time.monotonic()
+        self._last_stage = ""
+        self._monitor = None
 
     @property
     def client(self):
@@ -94,17 +102,27 @@ class MlflowTracking(Tracking):
             resolved = Path(tmp) / "pipeline.yaml"
             resolved.write_text(yaml.safe_dump(plan.loaded.raw, sort_keys=False))
             self.tracker.log_artifact(self.parent, resolved)
+        self._started(plan)
         return self.parent
 
-    def resume_run(self, run_id: str) -> None:
+    def resume_run(self, plan: "Plan", run_id: str) -> None:
         self.parent = run_id
         self.client.update_run(run_id, "RUNNING")
+        self._started(plan, resume=True)
+
+    def _started(self, plan: "Plan", resume: bool = False) -> None:
+        from graphssl.export import start_system_metrics
+
+        self._last_stage = plan.last.name
+        self._monitor = start_system_metrics(self.tracker, self.parent, self.system_metrics, resume=resume)
 
     def end_run(self, status: str, final: dict[str, float], step: int, pending_dir: Path | None = None) -> None:
         if status == "FINISHED":
             for key, value in final.items():  # the last stage's evaluation is the pipeline's, at its last step
                 self.tracker.metric(self.parent, key, value, step)
             self.tracker.set_tags(self.parent, {EVAL_METRICS_TAG: ",".join(sorted(final))})
+        if self._monitor is not None:
+            self._monitor.stop()
         self._flush_or_dump(pending_dir)
         self.tracker.end_run(self.parent, status)
 
@@ -167,6 +185,10 @@ class MlflowTracking(Tracking):
 
                 draw_graph(prepared.spec, Path(tmp) / "graph.png", title=prepared.cfg.name)
                 self.tracker.log_artifact(self.stage_run, Path(tmp) / "graph.png")
+            from graphssl.export import log_dataset_input
+
+            self.tracker.safely("log the dataset as the run's input", log_dataset_input, self.tracker, self.stage_run,
+                                trainer.data)
         trainer.executor.hooks += [self.timer, self.stats]
 
     def checkpoint_state(self) -> dict[str, Any]:
@@ -177,8 +199,14 @@ class MlflowTracking(Tracking):
 
     def on_stage_end(self, stage: "Stage", trainer, status: str, modules: Path | None, final: dict[str, float]) -> None:
         if modules is not None:
+            from graphssl.export import log_stage_model
+
             self.tracker.log_artifact(self.stage_run, modules, "model")
             self.tracker.set_tags(self.stage_run, {EVAL_METRICS_TAG: ",".join(sorted(final))})
+            self._flush()  # the model's metrics are attached from the run's
+            register = self.register if stage.name == self._last_stage else None
+            self.tracker.safely("log the encoder as an MLflow model", log_stage_model, self.tracker, self.stage_run, modules,
+                                trainer.data.mean, trainer.data.std, trainer.cfg.train.steps - 1, register, self.log)
         self._flush_or_dump(None)
         for run_id in self.node_runs.values():
             self.tracker.end_run(run_id, status)

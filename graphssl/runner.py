@@ -170,10 +170,12 @@ def find_resume_state(resume: str) -> tuple[str, dict[str, dict]]:
 
 
 def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = None, experiment: str | None = None,
-        run_name: str | None = None, force: bool = False, resume: str | None = None, log=print) -> str:
+        run_name: str | None = None, force: bool = False, resume: str | None = None, log=print,
+        register: str | None = None, system_metrics: bool = False) -> str:
     """Train every stage of a pipeline (reusing unchanged ones that later stages need); returns the run id.
 
-    ``resume``: a run id (or a checkpoint folder/file) whose newest checkpoints to continue from.
+    ``resume``: a run id (or a checkpoint folder/file) whose newest checkpoints to continue from;
+    ``register``: a registered-model name for the trained encoder; ``system_metrics``: MLflow's, on the run.
     """
     plan = plan_pipeline(path, overrides)
     first = next(iter(plan.stages.values())).prepared
@@ -187,7 +189,8 @@ def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = 
             log(w.format(plan.source))
     check_plan(plan, device)
 
-    tracking = MlflowTracking(tracking_uri, experiment or "graphssl", log) if world.main else Tracking()
+    tracking = (MlflowTracking(tracking_uri, experiment or "graphssl", log, register, system_metrics)
+                if world.main else Tracking())
     states: dict[str, dict] = {}
     if resume:
         run_id, states = broadcast(find_resume_state(resume) if world.main else None, world)
@@ -195,7 +198,7 @@ def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = 
             if name not in plan.stages or plan.stages[name].fingerprint != state["fingerprint"]:
                 raise CheckpointError(f"--resume {resume}: stage {name!r} of that run had another config; "
                                       "resume with the same pipeline and overrides")
-        tracking.resume_run(run_id)
+        tracking.resume_run(plan, run_id)
         log(f"resuming run {run_id} ({plan.name})")
     else:
         run_id = broadcast(tracking.start_run(plan, run_name, provenance(plan.source)), world)

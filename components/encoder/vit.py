@@ -7,11 +7,15 @@
   dropped, and only [CLS] plus the visible tokens go through the blocks.
 Images may carry leading view dims ``[V,B,...]``; they are folded into the
 batch for one encoder call and unfolded in the outputs.
+
+``checkpoint: PATH`` starts from released or exported weights in any layout
+:mod:`graphssl.weights` reads (timm folders and files, DINO/iBOT, DINOv2, MAE,
+CLIP); the summary of what was loaded is printed and the counts are logged.
 """
 from __future__ import annotations
 
 import re
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import timm
 import torch
@@ -23,6 +27,7 @@ from graphssl.component import BuildContext, Component, ComponentConfig, In, Out
 from graphssl.ops.patches import sincos_2d
 from graphssl.ports import IMAGES, TOKEN_MASK, TOKENS, VECTOR
 from graphssl.registry import register
+from graphssl.weights import LoadReport, WeightsError, announce, load_weights
 
 
 def mae_init(vit: nn.Module) -> None:
@@ -42,6 +47,18 @@ def mae_init(vit: nn.Module) -> None:
         nn.init.normal_(vit.cls_token, std=0.02)
 
 
+def timm_arguments(config: "ViTEncoder.Config", image_size: int, channels: int) -> tuple[str, dict[str, Any]]:
+    """The timm architecture and ``create_model`` arguments of an encoder.vit config (its backbone
+    without a classifier head; drop path, a training-only rate, is left to the caller)."""
+    kwargs: dict[str, Any] = dict(img_size=config.img_size or image_size, patch_size=config.patch_size, num_classes=0,
+                                  in_chans=channels, dynamic_img_size=True)
+    for key, value in (("depth", config.depth), ("embed_dim", config.embed_dim), ("num_heads", config.num_heads),
+                       ("mlp_ratio", config.mlp_ratio), ("init_values", config.layer_scale)):
+        if value is not None:
+            kwargs[key] = value
+    return config.arch, kwargs
+
+
 @register("encoder.vit")
 class ViTEncoder(Component):
     """Any timm ViT by name, with size overrides; outputs final-normed [CLS] and patch tokens."""
@@ -59,7 +76,10 @@ class ViTEncoder(Component):
         pos_embed: Literal["learned", "sincos"] = Field("learned", description="sincos: MAE's fixed 2-D table")
         mask_mode: Literal["replace", "drop"] = "replace"
         pretrained: bool = Field(False, description="load timm's pretrained weights (needs them reachable)")
-        checkpoint: Optional[str] = Field(None, description="a local state-dict file to load")
+        checkpoint: Optional[str] = Field(None, description="weights to start from: a timm model folder (graphssl export, "
+                                                            "save_for_hf), a .safetensors/.pth file in timm's layout, or an "
+                                                            "official DINO/iBOT/DINOv2/MAE/CLIP checkpoint; PATH#student "
+                                                            "picks a checkpoint's student, PATH#NODE a modules.pt node")
         init: Literal["timm", "mae"] = Field("timm", description="weight init: timm's, or MAE's (xavier-uniform "
                                                                "linears and patch embedding, [CLS] normal 0.02)")
         grad_checkpointing: bool = Field(False, description="recompute each block in backward (activation "
@@ -76,13 +96,8 @@ class ViTEncoder(Component):
 
     def __init__(self, config: Config, ctx: BuildContext):
         super().__init__(config, ctx)
-        kwargs = dict(img_size=config.img_size or ctx.image_size, patch_size=config.patch_size, num_classes=0,
-                      in_chans=ctx.channels, drop_path_rate=config.drop_path, dynamic_img_size=True)
-        for key, value in (("depth", config.depth), ("embed_dim", config.embed_dim), ("num_heads", config.num_heads),
-                           ("mlp_ratio", config.mlp_ratio), ("init_values", config.layer_scale)):
-            if value is not None:
-                kwargs[key] = value
-        self.vit = timm.create_model(config.arch, pretrained=config.pretrained, **kwargs)
+        arch, kwargs = timm_arguments(config, ctx.image_size, ctx.channels)
+        self.vit = timm.create_model(arch, pretrained=config.pretrained, drop_path_rate=config.drop_path, **kwargs)
         self.embed_dim = self.vit.embed_dim
         if config.pos_embed == "sincos":
             gh, gw = self.vit.patch_embed.grid_size
@@ -93,15 +108,39 @@ class ViTEncoder(Component):
         if config.mask_mode == "replace":
             self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
             nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.checkpoint_report: LoadReport | None = None
         if config.checkpoint:
-            try:
-                state = torch.load(config.checkpoint, map_location="cpu", weights_only=True)
-            except FileNotFoundError:
-                raise ValueError(f"checkpoint {config.checkpoint} does not exist") from None
-            except Exception as e:
-                raise ValueError(f"cannot read checkpoint {config.checkpoint}: not a state-dict file "
-                                 f"({type(e).__name__}: {str(e) or 'empty or truncated'})") from None
-            self.load_state_dict(state.get("state_dict", state))
+            self.checkpoint_report = self._load_checkpoint(config.checkpoint)
+
+    def _load_checkpoint(self, ref: str) -> LoadReport:
+        """Weights of any layout graphssl.weights reads; the file's mask token too, where both have one."""
+        try:
+            report, mask_token = load_weights(self.vit, ref)
+        except WeightsError as e:  # a build error like any other component's: one line, no traceback
+            raise ValueError(str(e)) from None
+        own = getattr(self, "mask_token", None)
+        if own is not None and mask_token is not None:
+            if mask_token.numel() != own.numel():
+                raise ValueError(f"{ref}: mask_token: checkpoint {list(mask_token.shape)}, model {list(own.shape)}")
+            with torch.no_grad():
+                own.copy_(mask_token.reshape(own.shape))
+            report.loaded.append("mask_token")
+        elif own is not None:
+            report.fresh.append("mask_token")
+        elif mask_token is not None:
+            report.dropped.append("mask_token")
+        announce(f"encoder.vit: {report.summary()}")
+        self.log("checkpoint_loaded_tensors", len(report.loaded))
+        self.log("checkpoint_fresh_tensors", len(report.fresh))
+        self.log("checkpoint_dropped_tensors", len(report.dropped))
+        return report
+
+    # -- for graphssl export: the timm model this encoder's ``vit`` is ----------
+    timm_attribute = "vit"
+
+    @classmethod
+    def timm_arguments(cls, config: Config, image_size: int, channels: int) -> tuple[str, dict[str, Any]]:
+        return timm_arguments(config, image_size, channels)
 
     @property
     def patch_size(self) -> int:

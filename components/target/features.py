@@ -7,10 +7,14 @@
   patch tokens after the final norm (CLIP's ``ln_post``), [CLS] and other
   prefix tokens dropped, then (``project: true``) the model's linear head
   applied per token: for timm's CLIP towers that is the visual projection
-  (EVA-01: 768-d). ``weights`` loads the pretrained weights from a local
-  file instead of the hub. When the hub cannot be reached (or
+  (EVA-01: 768-d). ``weights`` loads the weights from a local file or folder
+  instead of the hub, in any layout :mod:`graphssl.weights` reads (timm's,
+  OpenAI's and open_clip's CLIP, BEiT and EVA through timm's converters),
+  every tensor of the teacher checked. When the hub cannot be reached (or
   ``HF_HUB_OFFLINE=1``), only the local cache is tried, and missing weights
   are a one-line ValueError, not a minute of retries and a traceback.
+- a timm model folder (``config.json`` and weights, as ``graphssl export`` or
+  timm's ``save_for_hf`` write them): its architecture, arguments and weights.
 - ``STAGE.NODE`` or a checkpoint path: a module from ``ctx.load_module``
   whose call returns patch tokens, either a tensor [B,N,F] or a dict with
   ``patches`` (``encoder.vit``).
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import socket
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Literal, Optional
 from urllib.parse import urlparse
 
@@ -42,6 +47,7 @@ from graphssl.component import BuildContext, Component, ComponentConfig, In, Out
 from graphssl.ops.grid import check_grid, grid_text
 from graphssl.ports import IMAGES, TOKENS
 from graphssl.registry import register
+from graphssl.weights import WeightsError, announce, load_weights
 
 
 class TimmPatchFeatures(nn.Module):
@@ -127,11 +133,13 @@ class FeatureTarget(Component):
     no_grad = True
 
     class Config(ComponentConfig):
-        source: str = Field(description='"timm:NAME", "STAGE.NODE" of an earlier stage, or a checkpoint path')
+        source: str = Field(description='"timm:NAME", a timm model folder, "STAGE.NODE" of an earlier stage, or a '
+                                        'graphssl checkpoint path')
         patch_size: int = Field(16, ge=1, description="the student's patch size, to check the grids align")
         image_size: Optional[int] = Field(None, ge=8, description="resize the images to this side before the teacher")
         pretrained: bool = Field(True, description="timm: load the pretrained weights")
-        weights: Optional[str] = Field(None, description="timm: a local file with the pretrained weights (no download)")
+        weights: Optional[str] = Field(None, description="timm: a local file or folder with the weights (no download): "
+                                                         "timm's layout, OpenAI's or open_clip's CLIP, BEiT, EVA")
         model_kwargs: dict[str, Any] = Field(default_factory=dict,
                                              description="timm: overrides for create_model (img_size, patch_size, ...)")
         project: bool = Field(True, description="timm: apply the model's linear head per token (CLIP's visual "
@@ -148,14 +156,23 @@ class FeatureTarget(Component):
 
     def __init__(self, config: Config, ctx: BuildContext):
         super().__init__(config, ctx)
-        if config.source.startswith("timm:"):
+        folder = Path(config.source).expanduser()
+        if config.source.startswith("timm:") or (folder / "config.json").is_file():
             kwargs = dict(config.model_kwargs)
-            if config.weights:
-                kwargs["pretrained_cfg_overlay"] = dict(file=config.weights)
             if not config.project:
                 kwargs["num_classes"] = 0
-            model = create_timm_model(config.source[len("timm:"):], config.pretrained and not config.weights,
-                                      config.pretrained, **kwargs)
+            if config.source.startswith("timm:"):
+                name, weights = config.source[len("timm:"):], config.weights
+                model = create_timm_model(name, not weights and config.pretrained, config.pretrained and not weights, **kwargs)
+            else:  # a timm folder: architecture and arguments from its config.json, its own weights
+                name, weights = f"local-dir:{folder}", config.weights or str(folder)
+                model = timm.create_model(name, pretrained=False, **kwargs)
+            if weights:
+                try:
+                    report, _ = load_weights(model, weights, fresh_ok=())  # a frozen teacher must be complete
+                except WeightsError as e:
+                    raise ValueError(str(e)) from None
+                announce(f"target.features: {report.summary()}")
             teacher: nn.Module = TimmPatchFeatures(model, config.project)
         else:
             if ctx.load_module is None:
