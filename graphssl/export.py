@@ -212,37 +212,26 @@ def _pipeline(client, run_id: str, folder: str) -> dict[str, Any] | None:
     return yaml.safe_load(path.read_text()) if path else None
 
 
-def _stages(client, run, folder: str, checkpoint: Path | None) -> tuple[dict[str, str], list[str]]:
+def _stages(client, run, folder: str) -> tuple[dict[str, str], list[str]]:
     """{stage: run id holding its modules} and the stages in pipeline order."""
     tags = run.data.tags
     staged = {k[len("graphssl.stage."):-len(".run")]: v for k, v in tags.items()
               if k.startswith("graphssl.stage.") and k.endswith(".run")}
-    if staged:
-        raw = _pipeline(client, run.info.run_id, folder) or {}
-        order = [s for s in (raw.get("stages") or {}) if s in staged] or sorted(staged)
-        return staged, order
-    if checkpoint is not None:
-        names = [p.name[: -len(".modules.pt")] for p in sorted(checkpoint.glob("*.modules.pt"))]
-    else:
-        names = [Path(a.path).name[: -len(".modules.pt")] for a in client.list_artifacts(run.info.run_id, "model")
-                 if a.path.endswith(".modules.pt")]
-    return {n: run.info.run_id for n in names}, names
+    raw = _pipeline(client, run.info.run_id, folder) or {}
+    order = [s for s in (raw.get("stages") or {}) if s in staged] or sorted(staged)
+    return staged, order
 
 
 def export_run(ref: str, out: str | Path | None = None, node: str | None = None, stage: str | None = None,
                feature: str | None = None, tracking_uri: str | None = None, log=print) -> Exported:
     """``graphssl export``: a run (id, id prefix, name) or its checkpoint folder -> a timm model folder."""
     client, uri = _client(tracking_uri)
-    checkpoint = None
-    if Path(ref).is_dir():
-        checkpoint = Path(ref)
-        if not any(checkpoint.glob("*.modules.pt")):
-            raise ExportError(f"checkpoint folder {checkpoint} holds no trained modules (*.modules.pt): the run did not finish")
-        ref = checkpoint.name  # checkpoints/RUN_ID
+    if Path(ref).is_dir():  # checkpoints/RUN_ID: the run's trained modules are in the store
+        ref = Path(ref).resolve().name
     run = find_run(client, ref, log)
     run_id = run.info.run_id
     with tempfile.TemporaryDirectory() as tmp:
-        stages, order = _stages(client, run, tmp, checkpoint)
+        stages, order = _stages(client, run, tmp)
         if not stages:
             raise ExportError(f"run {run_id} ({run.info.run_name}, {run.info.status}) has no trained encoder: no "
                               "model/*.modules.pt artifact (the run did not finish, or trains nothing that can be exported)")
@@ -251,12 +240,10 @@ def export_run(ref: str, out: str | Path | None = None, node: str | None = None,
         elif stage not in stages:
             raise ExportError(f"run {run_id} has no stage {stage!r}{did_you_mean(stage, stages)} (it has: {', '.join(order)})")
         stage_run = stages[stage]
-        if checkpoint is not None and (checkpoint / f"{stage}.modules.pt").exists():
-            modules = checkpoint / f"{stage}.modules.pt"
-        else:
-            modules = _artifact(client, stage_run, f"model/{stage}.modules.pt", tmp)
-            if modules is None:
-                raise ExportError(f"run {stage_run} (stage {stage}) has no trained encoder: no model/{stage}.modules.pt artifact")
+        modules = _artifact(client, stage_run, f"model/{stage}.modules.pt", tmp)
+        if modules is None:
+            raise ExportError(f"run {stage_run} (stage {stage}) has no trained encoder: no model/{stage}.modules.pt artifact "
+                              "(the stage did not finish: continue it with graphssl run PIPELINE --resume RUN_ID)")
         payload = read_modules(modules)
         stage_tags = client.get_run(stage_run).data.tags
         if "graphssl.input.mean" in stage_tags:
@@ -350,28 +337,14 @@ def _fast_model_logging() -> Iterator[None]:
         quiet.setLevel(level)
 
 
-def dataset_files(cfg) -> tuple[Path | None, list[Path]]:
-    """The folder a dataset was read from and its files (for the input's digest)."""
-    from graphssl.data import DEFAULT_ROOTS, _find_idx, _search_dirs
-
-    if cfg.dataset in ("fashion_mnist", "mnist"):
-        dirs = _search_dirs(cfg) + ([Path(DEFAULT_ROOTS[cfg.dataset][-1]).expanduser()] if cfg.root is None else [])
-        stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-        files = [f for f in (_find_idx(dirs, s) for s in stems) if f is not None]
-        return (files[0].parent if files else None), files
-    root = Path(cfg.root or DEFAULT_ROOTS.get(cfg.dataset, [""])[0]).expanduser()
-    if cfg.dataset == "cifar10":
-        root = root / "cifar-10-batches-py"
-    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
-    return root, files
-
-
 def log_dataset_input(tracker, run_id: str, data) -> None:
     """The training data as the run's input: name, root, a digest of the file list (path and size), a profile."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
+    from graphssl.data.memory import source_files
+
     cfg = data.cfg
-    root, files = dataset_files(cfg)
+    root, files = source_files(cfg)
     listing = "\n".join(f"{p.relative_to(root) if root else p}\t{p.stat().st_size}" for p in files)
     digest = hashlib.sha256(listing.encode()).hexdigest()[:16]
     profile = {"train_images": len(data.train), "files": len(files), "limit": cfg.limit, "image_size": cfg.image_size,

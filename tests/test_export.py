@@ -8,7 +8,7 @@ import timm
 import torch
 from mlflow import MlflowClient
 
-from conftest import PIPELINES
+from conftest import PIPELINES, trained_modules_file
 from graphssl import registry
 from graphssl.cli import main
 from graphssl.component import BuildContext
@@ -122,7 +122,7 @@ def test_what_cannot_be_exported_says_why(tmp_path):
 # ----------------------------------------------------------------------------- end to end, through the CLI
 
 # a large lr without warm-up, so that two steps move the k-NN accuracy (40 bank and 40 query images)
-TINY_MAE = ["train.steps=2", "train.lr=2.0", "train.warmup=0", "data.limit=64", "data.batch_size=8", "eval.limit=40",
+TINY_MAE = ["train.steps=2", "train.lr=2.0", "train.warmup=0", "data.limit=64", "data.batch_size=8", "eval.limit=60",
             "nodes.encoder.depth=1", "nodes.decoder.depth=1", "device=cpu"]
 
 
@@ -133,7 +133,7 @@ def mae_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        assert main(["run", str(PIPELINES / "mae.yaml"), *TINY_MAE, "--run-name", "source"]) == 0
+        assert main(["run", str(PIPELINES / "mae.yaml"), *TINY_MAE, "train.checkpoint_every=1", "--run-name", "source"]) == 0
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("graphssl").experiment_id], "attributes.run_name = 'source'")[0]
     return folder, client, run
@@ -147,9 +147,9 @@ def test_round_trip_export_then_continue_from_the_folder(mae_run, monkeypatch, c
     assert main(["export", "source", "-o", "encoder_out"]) == 0
     assert "local-dir:encoder_out" in capsys.readouterr().out
     # timm's model from the folder gives graphssl's features of the trained encoder on a fixed batch
-    from graphssl.stages import load_checkpoint_module
+    from graphssl.artifacts import load_checkpoint_module
 
-    trained = load_checkpoint_module(folder / "checkpoints" / run.info.run_id / "mae.modules.pt", "encoder", torch.device("cpu"))
+    trained = load_checkpoint_module(trained_modules_file(client, run, folder), "encoder", torch.device("cpu"))
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(timm_features(folder / "encoder_out", x), frozen_features(trained, x, lambda i: i, "mean"),
                                rtol=0, atol=1e-5)

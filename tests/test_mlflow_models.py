@@ -11,7 +11,7 @@ import timm
 import torch
 from mlflow import MlflowClient
 
-from conftest import PIPELINES
+from conftest import PIPELINES, stage_run
 from graphssl.cli import main
 
 TINY_MAE = ["train.steps=2", "data.limit=64", "data.batch_size=8", "eval.limit=20", "nodes.encoder.depth=1",
@@ -20,7 +20,7 @@ TINY_MAE = ["train.steps=2", "data.limit=64", "data.batch_size=8", "eval.limit=2
 
 @pytest.fixture(scope="module")
 def registered_run(tmp_path_factory):
-    """A tiny MAE run with --register and --system-metrics (sampled every 0.2 s): (folder, client, parent run)."""
+    """A tiny MAE run with --register and --system-metrics (sampled every 0.2 s): (folder, client, parent, stage run)."""
     folder = tmp_path_factory.mktemp("mlflow_models")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
@@ -30,12 +30,12 @@ def registered_run(tmp_path_factory):
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("graphssl").experiment_id
     parent = [r for r in client.search_runs([experiment]) if "mlflow.parentRunId" not in r.data.tags][0]
-    return folder, client, parent
+    return folder, client, parent, stage_run(client, parent)
 
 
 @pytest.mark.slow
 def test_the_run_logs_its_encoder_as_a_model_with_its_metrics(registered_run):
-    folder, client, run = registered_run
+    folder, client, parent, run = registered_run  # the model belongs to the stage run that trained it
     models = client.search_logged_models([run.info.experiment_id])
     assert len(models) == 1
     model = models[0]
@@ -54,7 +54,7 @@ def test_the_run_logs_its_encoder_as_a_model_with_its_metrics(registered_run):
     assert re.search(r"^timm==", reqs, re.M) and re.search(r"^torch==", reqs, re.M)
     meta = mlflow.models.Model.load(local).metadata["timm_config"]
     assert meta["model_args"]["global_pool"] == "avg" and meta["model_args"]["fc_norm"] is False
-    assert main(["export", run.info.run_id, "-o", str(folder / "exported"), "--tracking-uri", client.tracking_uri]) == 0
+    assert main(["export", parent.info.run_id, "-o", str(folder / "exported"), "--tracking-uri", client.tracking_uri]) == 0
     exported = timm.create_model(f"local-dir:{folder / 'exported'}", pretrained=True).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -64,14 +64,14 @@ def test_the_run_logs_its_encoder_as_a_model_with_its_metrics(registered_run):
 
 @pytest.mark.slow
 def test_register_creates_a_version_of_the_run(registered_run):
-    _, client, run = registered_run
+    _, client, _, run = registered_run
     versions = client.search_model_versions("name='mae-encoder'")
     assert [(v.version, v.run_id, v.status) for v in versions] == [(1, run.info.run_id, "READY")]
 
 
 @pytest.mark.slow
 def test_the_dataset_is_the_runs_input(registered_run):
-    _, client, run = registered_run
+    _, client, _, run = registered_run
     inputs = client.get_run(run.info.run_id).inputs.dataset_inputs
     assert len(inputs) == 1
     dataset = inputs[0].dataset
@@ -83,7 +83,7 @@ def test_the_dataset_is_the_runs_input(registered_run):
 
 @pytest.mark.slow
 def test_system_metrics_are_logged(registered_run):
-    _, client, run = registered_run
+    _, client, run, _ = registered_run  # on the parent run, for the whole run
     keys = client.get_run(run.info.run_id).data.metrics
     assert "system/cpu_utilization_percentage" in keys and "system/system_memory_usage_megabytes" in keys
 

@@ -60,6 +60,20 @@ def _search_dirs(cfg: DataConfig) -> list[Path]:
     return [Path(r).expanduser() for r in roots]
 
 
+def source_files(cfg: DataConfig) -> tuple[Path | None, list[Path]]:
+    """The folder a dataset was read from and its files (for the input's digest)."""
+    if cfg.dataset in ("fashion_mnist", "mnist"):
+        dirs = _search_dirs(cfg) + ([Path(DEFAULT_ROOTS[cfg.dataset][-1]).expanduser()] if cfg.root is None else [])
+        stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+        files = [f for f in (_find_idx(dirs, s) for s in stems) if f is not None]
+        return (files[0].parent if files else None), files
+    root = Path(cfg.root or DEFAULT_ROOTS.get(cfg.dataset, [""])[0]).expanduser()
+    if cfg.dataset == "cifar10":
+        root = root / "cifar-10-batches-py"
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    return root, files
+
+
 def _load_idx_dataset(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     prefix = "train" if split == "train" else "t10k"
     dirs = _search_dirs(cfg)
