@@ -11,7 +11,8 @@ import yaml
 
 from conftest import PIPELINES, REPO
 from graphssl.cli import main
-from graphssl.schema import pipeline_schema, schema_errors, schema_text
+from graphssl.schema import pipeline_schema, schema_text
+from support.schema_check import schema_errors
 
 SCHEMA_LINE = "# yaml-language-server: $schema=../pipeline.schema.json"
 SHIPPED = sorted(PIPELINES.glob("*.yaml"))

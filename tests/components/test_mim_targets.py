@@ -7,7 +7,7 @@ from graphssl.component import BuildContext
 from graphssl.components.encoder.vit import ViTEncoder
 from graphssl.components.target.features import FeatureTarget
 from graphssl.components.target.tokenizer import TokenizerTarget
-from graphssl.components.target.vqvae import VQVAE
+from graphssl.components.tokenizer.vqvae import VQVAE
 
 TINY = dict(img_size=32, patch_size=4, depth=2, embed_dim=64, num_heads=2)
 
