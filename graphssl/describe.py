@@ -9,7 +9,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel
 
-from graphssl.component import Component
+from graphssl.component import Component, Owner, role_of
 
 
 def first_sentence(text: str | None) -> str:
@@ -69,7 +69,7 @@ def _table(rows: list[tuple[str, ...]], indent: str = "    ") -> list[str]:
 def describe(name: str, cls: type[Component], full_doc: bool = False) -> list[str]:
     """A component's block: header, inputs, outputs, parameters."""
     doc = " ".join((cls.__doc__ or "").split()) if full_doc else first_sentence(cls.__doc__)
-    lines = [f"{name}  ({cls.role})  {doc}".rstrip()]
+    lines = [f"{name}  ({role_of(cls)})  {doc}".rstrip()]
     if full_doc:
         lines.append(f"  class: {cls.__module__}.{cls.__qualname__}")
     ports = [("in", p, str(d) + (" (optional)" if d.optional else ""), d.doc) for p, d in cls.inputs.items()]
@@ -81,6 +81,6 @@ def describe(name: str, cls: type[Component], full_doc: bool = False) -> list[st
     if params:
         lines.append("  parameters:")
         lines += _table(params)
-    if cls.role == "owner":
+    if issubclass(cls, Owner):
         lines.append("  (an owner: run its copies with call: NODE.MODULE)")
     return lines

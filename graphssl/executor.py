@@ -44,20 +44,26 @@ class PlannedNode:
 
 def resolve_module(spec: NodeSpec, modules: dict[str, nn.Module]) -> nn.Module:
     """The module a node runs: its own, another node's (shared weights), or an owner's copy."""
-    if spec.call is None:
-        return modules[spec.name]
-    if spec.call in modules:
-        return modules[spec.call]
-    owner, _, target = spec.call.partition(".")
-    return modules[owner].copy_of(target)
+    return modules[spec.name] if spec.call is None else spec.call.resolve(modules)
+
+
+class NodeHook:
+    """Instrumentation around every node call of :meth:`Executor.forward` (no-op defaults)."""
+
+    def before_node(self, node: NodeSpec, inputs: dict[str, Any]) -> None:
+        """Just before the node runs, with the inputs it gets."""
+
+    def after_node(self, node: NodeSpec, outputs: dict[str, Any], seconds: float) -> None:
+        """Just after the node ran, with its outputs and the seconds it took."""
 
 
 class Executor(nn.Module):
     """Holds every node's module and runs the graph forward."""
 
-    def __init__(self, spec: GraphSpec, modules: dict[str, nn.Module]):
+    def __init__(self, spec: GraphSpec, modules: dict[str, nn.Module], hooks: list[NodeHook] = ()):
         super().__init__()
         self.spec = spec
+        self.hooks: list[NodeHook] = list(hooks)
         self.nodes = nn.ModuleDict(modules)
         self.plan = self._plan(spec, modules)
         self.node_seconds: dict[str, float] = {n: 0.0 for n in spec.order}
@@ -78,7 +84,7 @@ class Executor(nn.Module):
         for i, name in enumerate(spec.order):
             node = spec.nodes[name]
             release = [ref for ref, last in last_use.items() if last == i and ref not in keep]
-            owned_copy = node.call is not None and node.call not in modules
+            owned_copy = node.call is not None and node.call.owner is not None
             plan.append(PlannedNode(node, resolve_module(node, modules), node.inputs, node.cls.no_grad or owned_copy, release))
         return plan
 
@@ -92,6 +98,8 @@ class Executor(nn.Module):
                           for port, refs in planned.inputs.items()}
             except KeyError as e:
                 raise NodeError(name, planned.spec.type_name, {}, KeyError(f"input {e.args[0]} was not produced")) from None
+            for hook in self.hooks:
+                hook.before_node(planned.spec, kwargs)
             start = time.perf_counter()
             try:
                 with torch.set_grad_enabled(torch.is_grad_enabled() and not planned.no_grad):
@@ -100,7 +108,10 @@ class Executor(nn.Module):
                 raise
             except Exception as e:
                 raise NodeError(name, planned.spec.type_name, kwargs, e) from e
-            self.node_seconds[name] += time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            for hook in self.hooks:
+                hook.after_node(planned.spec, outputs, seconds)
+            self.node_seconds[name] += seconds
             self.node_calls[name] += 1
             for port, value in outputs.items():
                 values[(name, port)] = value

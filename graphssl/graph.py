@@ -1,9 +1,17 @@
 """From the ``nodes`` section to a validated networkx graph, before any tensor exists.
 
-Checks: unknown component or parameter (did-you-mean), bad values (pydantic),
-unknown node or port, port type mismatch (both ends named), cycles (members
-listed), missing required inputs, module references, the objective. Every
-problem is collected; the caller raises them together.
+Small passes share one :class:`Check`: the problems found so far and the nodes
+already found invalid (whose consequences are not reported twice).
+
+1. ``parse_nodes``: component lookup, parameters (did-you-mean), bad values (pydantic);
+2. ``resolve_calls``: call nodes, of another node's module or an owner's copy;
+3. ``wire_inputs``: input references, port types (both ends named), required inputs;
+4. ``module_references``: modules named by owners and evaluators, the construction order;
+5. ``data_cycles``: cycles in the data flow (members listed);
+6. ``weigh_objective``: the objective's loss outputs, and loss nodes left out of it;
+7. ``unused_outputs``: warnings for nodes whose outputs nobody uses.
+
+The caller raises every problem together.
 """
 from __future__ import annotations
 
@@ -14,51 +22,13 @@ import networkx as nx
 from pydantic import ValidationError
 
 from graphssl import registry
-from graphssl.component import Component, ComponentConfig, In, Out
+from graphssl.component import In, Owner
 from graphssl.config import LoadedPipeline, pydantic_problems
 from graphssl.errors import Problem, did_you_mean
-from graphssl.ports import IMAGES, LOSS, PortType
+from graphssl.ports import LOSS, PortType
+from graphssl.spec import SOURCE, SOURCE_OUTPUTS, GraphSpec, ModuleEdge, ModuleRef, NodeSpec, Ref  # noqa: F401 (re-exported)
 
-SOURCE = "batch"
-SOURCE_OUTPUTS = {"images": Out(IMAGES, "training images: resized, channel-replicated, normalised")}
 RESERVED_KEYS = ("type", "call")
-
-Ref = tuple[str, str]  # (node, port)
-
-
-@dataclass
-class NodeSpec:
-    name: str
-    cls: type[Component]
-    config: ComponentConfig | None  # None for call nodes (they use the called node's config)
-    call: str | None = None  # node whose module this node calls ("student" or "teacher.student")
-    inputs: dict[str, Ref | list[Ref]] = field(default_factory=dict)
-
-    @property
-    def role(self) -> str:
-        return self.cls.role
-
-    @property
-    def module_name(self) -> str:
-        """The module this node runs: its own, or the one it calls."""
-        return self.call or self.name
-
-    @property
-    def type_name(self) -> str:
-        return self.cls.type_name
-
-
-@dataclass
-class GraphSpec:
-    nodes: dict[str, NodeSpec]
-    graph: nx.DiGraph  # data edges between step nodes (and the batch source)
-    order: list[str]  # step nodes in execution order
-    build_order: list[str]  # nodes that own a module, in construction order
-    objective: dict[Ref, float]
-    warnings: list[Problem]
-
-    def outputs_of(self, node: str) -> dict[str, Out]:
-        return SOURCE_OUTPUTS if node == SOURCE else self.nodes[node].cls.outputs
 
 
 def _parse_ref(value: Any) -> Ref | None:
@@ -106,243 +76,282 @@ def cycles_of(graph: nx.DiGraph, rank: dict[str, int]) -> list[list[str]]:
 
 def owner_provides(spec: NodeSpec) -> list[str]:
     """Names of the modules an owner node (e.g. teacher.ema) holds copies of."""
-    provides = getattr(spec.cls, "provides", None)
-    return list(provides(spec.config)) if provides and spec.config is not None else []
+    return list(spec.cls.provides(spec.config)) if issubclass(spec.cls, Owner) and spec.config is not None else []
 
 
-def build_graph(loaded: LoadedPipeline, nodes: dict[str, dict[str, Any]], objective: dict[str, float]) -> tuple[GraphSpec | None, list[Problem]]:
-    problems: list[Problem] = []
-    P = loaded.problem
-    specs: dict[str, NodeSpec] = {}
-    bodies: dict[str, dict[str, Any]] = {}
+@dataclass
+class Check:
+    """What the passes share. ``invalid``: nodes of the file with a problem already reported (or that
+    depend on one), so that what follows from it is not reported again."""
+
+    loaded: LoadedPipeline
+    nodes: dict[str, Any]
+    objective: dict[str, Any]
+    problems: list[Problem] = field(default_factory=list)
+    invalid: set[str] = field(default_factory=set)
+    specs: dict[str, NodeSpec] = field(default_factory=dict)
+    bodies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    calls: dict[str, dict[str, Any]] = field(default_factory=dict)  # call nodes' bodies, in file order
+    copies: dict[str, NodeSpec] = field(default_factory=dict)  # "owner.node" -> the node whose module is copied
+    module_edges: list[ModuleEdge] = field(default_factory=list)
+    graph: nx.DiGraph = field(default_factory=nx.DiGraph)
+    build_order: list[str] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)
+    weights: dict[Ref, float] = field(default_factory=dict)
+    warnings: list[Problem] = field(default_factory=list)
+
+    def report(self, path: str, message: str) -> None:
+        self.problems.append(self.loaded.problem(path, message))
+
+    @property
+    def step_nodes(self) -> list[str]:
+        return [n for n, s in self.specs.items() if s.is_step]
+
+
+def parse_nodes(c: Check) -> None:
+    """Typed nodes: the component, its parameters and inputs; call nodes are set aside for resolve_calls."""
     all_types = registry.names()
-
-    if not nodes:
-        problems.append(P("nodes", "a pipeline needs at least one node"))
-    if SOURCE in nodes:
-        problems.append(P(f"nodes.{SOURCE}", f'"{SOURCE}" is reserved for the data source (batch.images)'))
-
-    # 1. Typed nodes: component lookup and parameter validation.
-    for name, body in nodes.items():
+    if not c.nodes:
+        c.report("nodes", "a pipeline needs at least one node")
+    if SOURCE in c.nodes:
+        c.report(f"nodes.{SOURCE}", f'"{SOURCE}" is reserved for the data source (batch.images)')
+        c.invalid.add(SOURCE)
+    for name, body in c.nodes.items():
         path = f"nodes.{name}"
         if not isinstance(body, dict):
-            problems.append(P(path, f"a node is a mapping with type: or call:, got {body!r}"))
+            c.report(path, f"a node is a mapping with type: or call:, got {body!r}")
+        elif name == SOURCE:
+            pass  # reported above
+        elif not isinstance(name, str):
+            c.report(path, f"a node name is a word, got {name!r}")
+        elif "." in name:
+            c.report(path, "node names cannot contain '.' (it separates node and port)")
+        elif ("type" in body) == ("call" in body):
+            c.report(path, "a node needs exactly one of type: (a component) or call: (another node's module)")
+        elif "call" in body:
+            c.calls[name] = c.bodies[name] = body
             continue
-        if name == SOURCE:
-            continue  # reported above
-        if not isinstance(name, str):
-            problems.append(P(path, f"a node name is a word, got {name!r}"))
+        elif _parse_typed(c, name, body, all_types):
             continue
-        if "." in name:
-            problems.append(P(path, "node names cannot contain '.' (it separates node and port)"))
-            continue
-        has_type, has_call = "type" in body, "call" in body
-        if has_type == has_call:
-            problems.append(P(path, "a node needs exactly one of type: (a component) or call: (another node's module)"))
-            continue
-        if has_call:
-            bodies[name] = body
-            continue
-        type_name = body["type"]
-        if not isinstance(type_name, str):
-            problems.append(P(f"{path}.type", f"type: names a component (e.g. mask.random), got {type_name!r}"))
-            continue
-        cls = registry.get(type_name)
-        if cls is None:
-            problems.append(P(f"{path}.type", f"unknown component {type_name!r}{did_you_mean(str(type_name), all_types)}"))
-            continue
-        params, inputs, bad = {}, {}, False
-        for key, value in body.items():
-            if key in RESERVED_KEYS:
-                continue
-            if key in cls.inputs:
-                inputs[key] = value
-            elif key in cls.Config.model_fields:
-                params[key] = value
-            else:
-                choices = list(cls.inputs) + list(cls.Config.model_fields)
-                problems.append(P(f"{path}.{key}", f"unknown parameter or input of {type_name}{did_you_mean(str(key), choices)}"))
-                bad = True
-        try:
-            config = cls.Config.model_validate(params)
-        except ValidationError as e:
-            for p, msg in pydantic_problems(e, path, model=cls.Config):
-                problems.append(P(p, msg))
-            continue
-        except Exception as e:  # a validator that raised something else than ValueError
-            problems.append(P(path, f"invalid parameters for {type_name}: {type(e).__name__}: {e}"))
-            continue
-        if not bad:
-            specs[name] = NodeSpec(name, cls, config)
-            bodies[name] = body
+        c.invalid.add(name)
 
-    # Modules that owners (EMA teachers) hold copies of: "owner.module".
-    copies: dict[str, NodeSpec] = {}
-    for name, spec in specs.items():
-        if spec.role == "owner":
-            for target in owner_provides(spec):
-                if target in specs:
-                    copies[f"{name}.{target}"] = specs[target]
 
-    # 2. Call nodes: reuse another node's module (shared weights) or an owner's copy.
-    for name, body in bodies.items():
-        if "call" not in body:
+def _parse_typed(c: Check, name: str, body: dict[str, Any], all_types: list[str]) -> bool:
+    path = f"nodes.{name}"
+    type_name = body["type"]
+    if not isinstance(type_name, str):
+        c.report(f"{path}.type", f"type: names a component (e.g. mask.random), got {type_name!r}")
+        return False
+    cls = registry.get(type_name)
+    if cls is None:
+        c.report(f"{path}.type", f"unknown component {type_name!r}{did_you_mean(str(type_name), all_types)}")
+        return False
+    params, bad = {}, False
+    for key, value in body.items():
+        if key in RESERVED_KEYS or key in cls.inputs:
             continue
-        path = f"nodes.{name}"
-        target = body["call"]
-        base = specs.get(target) if isinstance(target, str) else None
-        base = base or copies.get(str(target))
-        if base is None and str(target).split(".")[0] in nodes and str(target).split(".")[0] not in specs:
-            continue  # the called node is invalid: reported above
-        owner, _, module = str(target).partition(".")
-        if base is None and owner in specs and specs[owner].role == "owner":
-            held = owner_provides(specs[owner])
-            if module in held or (module in specs and any(m not in specs for m in held)):
-                continue  # the module, or the owner's list of modules, is invalid: reported there
-            problems.append(P(f"{path}.call", f"{owner!r} holds no copy of {module!r} (it copies: {', '.join(held)})"
-                                              f"{did_you_mean(module, held)}"))
+        if key in cls.Config.model_fields:
+            params[key] = value
+        else:
+            choices = list(cls.inputs) + list(cls.Config.model_fields)
+            c.report(f"{path}.{key}", f"unknown parameter or input of {type_name}{did_you_mean(str(key), choices)}")
+            bad = True
+    try:
+        config = cls.Config.model_validate(params)
+    except ValidationError as e:
+        for p, msg in pydantic_problems(e, path, model=cls.Config):
+            c.report(p, msg)
+        return False
+    except Exception as e:  # a validator that raised something else than ValueError
+        c.report(path, f"invalid parameters for {type_name}: {type(e).__name__}: {e}")
+        return False
+    if bad:
+        return False
+    c.specs[name] = NodeSpec(name, cls, config)
+    c.bodies[name] = body
+    return True
+
+
+def resolve_calls(c: Check) -> None:
+    """Call nodes: another node's module (shared weights) or an owner's copy of one ("teacher.student")."""
+    typed = dict(c.specs)
+    for name, spec in typed.items():
+        for target in owner_provides(spec):
+            if target in typed:
+                c.copies[f"{name}.{target}"] = typed[target]
+    for name, body in c.calls.items():
+        path, target = f"nodes.{name}", body["call"]
+        ref = ModuleRef.parse(str(target))
+        if target == name:
+            c.report(f"{path}.call", "a call node cannot call itself")
+            c.invalid.add(name)
+            continue
+        if isinstance(target, str) and target in c.calls:
+            c.report(f"{path}.call", f"cannot call {target!r}: it is a call node itself; call {str(c.calls[target]['call'])!r} instead")
+            c.invalid.add(name)
+            continue
+        base = (typed.get(target) if isinstance(target, str) else None) or c.copies.get(str(target))
+        if base is None and ref.root in c.invalid:
+            c.invalid.add(name)  # the called node is invalid: reported above
+            continue
+        if base is None and ref.owner in typed and issubclass(typed[ref.owner].cls, Owner):
+            held = owner_provides(typed[ref.owner])
+            if not (ref.node in held or (ref.node in typed and any(m not in typed for m in held))):
+                c.report(f"{path}.call", f"{ref.owner!r} holds no copy of {ref.node!r} (it copies: {', '.join(held)})"
+                                         f"{did_you_mean(ref.node, held)}")
+            c.invalid.add(name)  # else the module, or the owner's list of modules, is invalid: reported there
             continue
         if base is None:
-            callable_names = [n for n, s in specs.items() if s.role == "step"] + list(copies)
-            problems.append(P(f"{path}.call", f"cannot call {target!r}: no such node or module copy{did_you_mean(str(target), callable_names)}"))
+            callable_names = [n for n, s in typed.items() if s.is_step] + list(c.copies)
+            c.report(f"{path}.call", f"cannot call {target!r}: no such node or module copy{did_you_mean(str(target), callable_names)}")
+            c.invalid.add(name)
             continue
-        if base.role != "step":
-            problems.append(P(f"{path}.call", f"{target!r} is a {base.role} node; only step components can be called"))
+        if not base.is_step:
+            c.report(f"{path}.call", f"{target!r} is a {base.role} node; only step components can be called")
+            c.invalid.add(name)
             continue
-        inputs = {}
-        for key, value in body.items():
-            if key in RESERVED_KEYS:
-                continue
-            if key in base.cls.inputs:
-                inputs[key] = value
-            else:
-                problems.append(P(f"{path}.{key}", f"a call node takes only inputs of {base.type_name} "
-                                                   f"({', '.join(base.cls.inputs)}){did_you_mean(str(key), base.cls.inputs)}; "
-                                                   "parameters belong to the called node"))
-        specs[name] = NodeSpec(name, base.cls, None, call=str(target))
+        for key in body:
+            if key not in RESERVED_KEYS and key not in base.cls.inputs:
+                c.report(f"{path}.{key}", f"a call node takes only inputs of {base.type_name} "
+                                          f"({', '.join(base.cls.inputs)}){did_you_mean(str(key), base.cls.inputs)}; "
+                                          "parameters belong to the called node")
+        c.specs[name] = NodeSpec(name, base.cls, None, call=ref)
+        c.module_edges.append(ModuleEdge(name, ref, "call"))
 
-    # 3. Input references and port types.
-    graph = nx.DiGraph()
-    graph.add_node(SOURCE)
-    step_nodes = [n for n, s in specs.items() if s.role == "step"]
-    graph.add_nodes_from(step_nodes)
-    for name in step_nodes:
-        spec, body = specs[name], bodies.get(name, {})
+
+def wire_inputs(c: Check) -> None:
+    """Every input port of every step node: present when required, a reference to a real output of a type it takes."""
+    c.graph.add_node(SOURCE)
+    c.graph.add_nodes_from(c.step_nodes)
+    for name in c.step_nodes:
+        spec, body = c.specs[name], c.bodies.get(name, {})
         for port, decl in spec.cls.inputs.items():
             path = f"nodes.{name}.{port}"
             if port not in body:
                 if not decl.optional:
-                    problems.append(P(path, f"missing required input {port!r} ({decl}): {decl.doc}"))
+                    c.report(path, f"missing required input {port!r} ({decl}): {decl.doc}")
                 continue
             value = body[port]
             raw_refs = value if isinstance(value, list) else [value]
             if isinstance(value, list) and not decl.many:
-                problems.append(P(path, f"{spec.type_name}.{port} takes one reference (node.port), got a list"))
+                c.report(path, f"{spec.type_name}.{port} takes one reference (node.port), got a list")
                 continue
-            refs: list[Ref] = []
-            for raw in raw_refs:
-                ref = _parse_ref(raw)
-                if ref is None:
-                    problems.append(P(path, f"expected a reference node.port (e.g. batch.images), got {raw!r}"))
-                    continue
-                src, src_port = ref
-                if src != SOURCE and src not in specs and src in nodes:
-                    continue  # the node exists but is invalid: reported above
-                if src != SOURCE and src not in specs:
-                    problems.append(P(path, f"unknown node {src!r}{did_you_mean(src, list(specs) + [SOURCE])}"))
-                    continue
-                if src != SOURCE and specs[src].role != "step":
-                    problems.append(P(path, f"{src!r} is a {specs[src].role} node and has no outputs"))
-                    continue
-                outs = SOURCE_OUTPUTS if src == SOURCE else specs[src].cls.outputs
-                if src_port not in outs:
-                    problems.append(P(path, f"node {src!r} has no output {src_port!r} "
-                                            f"(it has: {', '.join(outs)}){did_you_mean(src_port, outs)}"))
-                    continue
-                out_type = outs[src_port].type
-                if out_type not in decl.types:
-                    problems.append(P(path, port_mismatch(f"{src}.{src_port}", out_type, f"{name}.{port}", decl)))
-                    continue
-                refs.append(ref)
-                graph.add_edge(src, name, ports=graph.get_edge_data(src, name, {}).get("ports", []) + [(src_port, port)])
+            refs = [ref for ref in (_wire(c, name, port, decl, raw) for raw in raw_refs) if ref is not None]
             if len(refs) == len(raw_refs):
                 spec.inputs[port] = refs if decl.many else refs[0]
 
-    # 4. Module references (evaluators, owners) and the construction order.
+
+def _wire(c: Check, name: str, port: str, decl: In, raw: Any) -> Ref | None:
+    path = f"nodes.{name}.{port}"
+    ref = _parse_ref(raw)
+    if ref is None:
+        c.report(path, f"expected a reference node.port (e.g. batch.images), got {raw!r}")
+        return None
+    src, src_port = ref
+    if src != SOURCE and src in c.invalid:
+        return None  # the node exists but is invalid: reported above
+    if src != SOURCE and src not in c.specs:
+        c.report(path, f"unknown node {src!r}{did_you_mean(src, list(c.specs) + [SOURCE])}")
+        return None
+    if src != SOURCE and not c.specs[src].is_step:
+        c.report(path, f"{src!r} is a {c.specs[src].role} node and has no outputs")
+        return None
+    outs = SOURCE_OUTPUTS if src == SOURCE else c.specs[src].cls.outputs
+    if src_port not in outs:
+        c.report(path, f"node {src!r} has no output {src_port!r} (it has: {', '.join(outs)}){did_you_mean(src_port, outs)}")
+        return None
+    out_type = outs[src_port].type
+    if out_type not in decl.types:
+        c.report(path, port_mismatch(f"{src}.{src_port}", out_type, f"{name}.{port}", decl))
+        return None
+    c.graph.add_edge(src, name, ports=c.graph.get_edge_data(src, name, {}).get("ports", []) + [(src_port, port)])
+    return ref
+
+
+def module_references(c: Check) -> None:
+    """Modules named in owners' and evaluators' parameters exist; modules are built after those they read."""
     deps = nx.DiGraph()
-    deps.add_nodes_from(n for n, s in specs.items() if s.call is None)
-    for name, spec in specs.items():
+    deps.add_nodes_from(n for n, s in c.specs.items() if s.call is None)
+    for name, spec in c.specs.items():
         if spec.call is not None:
-            owner = spec.call.split(".")[0]
-            if owner != name and owner in deps:
-                deps.add_edge(owner, name)
+            if spec.call.root != name and spec.call.root in deps:
+                deps.add_edge(spec.call.root, name)
             continue
         for field_name in spec.cls.module_refs:
             value = getattr(spec.config, field_name)
-            targets = value if isinstance(value, (list, tuple)) else [value]
-            for target in targets:
+            for target in value if isinstance(value, (list, tuple)) else [value]:
                 if target is None:
                     continue
-                root = str(target).split(".")[0]
-                known = (target in specs and specs[target].call is None) or target in copies
-                if not known and str(target).split(".")[0] in nodes and str(target).split(".")[0] not in specs:
+                ref = ModuleRef.parse(str(target))
+                known = (target in c.specs and c.specs[target].call is None) or target in c.copies
+                if not known and ref.root in c.invalid:
                     continue  # invalid node: reported above
                 if not known:
-                    choices = [n for n, s in specs.items() if s.call is None and n != name] + list(copies)
-                    problems.append(P(f"nodes.{name}.{field_name}", f"unknown module {target!r}{did_you_mean(str(target), choices)}"))
-                elif root != name:
-                    deps.add_edge(root, name)
+                    choices = [n for n, s in c.specs.items() if s.call is None and n != name] + list(c.copies)
+                    c.report(f"nodes.{name}.{field_name}", f"unknown module {target!r}{did_you_mean(str(target), choices)}")
+                    continue
+                c.module_edges.append(ModuleEdge(name, ref, field_name))
+                if ref.root != name:
+                    deps.add_edge(ref.root, name)
     try:
-        build_order = [n for n in nx.topological_sort(deps) if specs[n].call is None]
+        c.build_order = [n for n in nx.topological_sort(deps) if c.specs[n].call is None]
     except nx.NetworkXUnfeasible:
         cycle = nx.find_cycle(deps)
-        problems.append(P("nodes", "module references form a cycle: " + " -> ".join([a for a, _ in cycle] + [cycle[0][0]])))
-        build_order = []
+        c.report("nodes", "module references form a cycle: " + " -> ".join([a for a, _ in cycle] + [cycle[0][0]]))
 
-    # 5. Cycles in the data flow.
-    order: list[str] = []
+
+def data_cycles(c: Check) -> None:
     try:
-        order = [n for n in nx.topological_sort(graph) if n != SOURCE]
+        c.order = [n for n in nx.topological_sort(c.graph) if n != SOURCE]
     except nx.NetworkXUnfeasible:
-        for cycle in cycles_of(graph, {n: i for i, n in enumerate(nodes)}):
-            problems.append(P(f"nodes.{cycle[0]}", "cycle in the graph: " + " -> ".join(cycle + [cycle[0]])))
+        for cycle in cycles_of(c.graph, {n: i for i, n in enumerate(c.nodes)}):
+            c.report(f"nodes.{cycle[0]}", "cycle in the graph: " + " -> ".join(cycle + [cycle[0]]))
 
-    # 6. Objective: weighted loss outputs.
-    weights: dict[Ref, float] = {}
-    for key, weight in objective.items():
+
+def weigh_objective(c: Check) -> None:
+    """The objective weighs loss outputs; every loss node is in it (weight 0 only logs)."""
+    for key, weight in c.objective.items():
         if not isinstance(key, str):
             continue  # the section schema reports it
         node, _, port = key.partition(".")
         path = f"objective.{key}"
-        if node in nodes and node not in specs:
+        if node in c.invalid:
             continue  # invalid node: reported above
-        if node not in specs:
-            problems.append(P(path, f"unknown node {node!r}{did_you_mean(node, specs)}"))
+        if node not in c.specs:
+            c.report(path, f"unknown node {node!r}{did_you_mean(node, c.specs)}")
             continue
-        loss_ports = [p for p, o in specs[node].cls.outputs.items() if o.type == LOSS]
+        loss_ports = [p for p, o in c.specs[node].cls.outputs.items() if o.type == LOSS]
         port = port or (loss_ports[0] if len(loss_ports) == 1 else "loss")
         if port not in loss_ports:
-            problems.append(P(path, f"{node!r} ({specs[node].type_name}) is not a loss node: the objective weights outputs of type {LOSS}"))
+            c.report(path, f"{node!r} ({c.specs[node].type_name}) is not a loss node: the objective weights outputs of type {LOSS}")
             continue
         try:
-            weights[(node, port)] = float(weight)
+            c.weights[(node, port)] = float(weight)
         except (TypeError, ValueError):
-            problems.append(P(path, f"a loss weight is a number, got {weight!r}"))
-    if not problems and not weights:
-        problems.append(P("objective", "the objective names no loss node, so there is nothing to train"))
-    for name in step_nodes:
-        for port, out in specs[name].cls.outputs.items():
-            if out.type == LOSS and (name, port) not in weights and objective is not None:
-                problems.append(P(f"nodes.{name}", f"loss node {name!r} is not in the objective; "
-                                                   f"add it (weight 0 only logs it): objective: {{{name}: 1.0}}"))
+            c.report(path, f"a loss weight is a number, got {weight!r}")
+    if not c.problems and not c.weights:
+        c.report("objective", "the objective names no loss node, so there is nothing to train")
+    for name in c.step_nodes:
+        for port, out in c.specs[name].cls.outputs.items():
+            if out.type == LOSS and (name, port) not in c.weights and c.objective is not None:
+                c.report(f"nodes.{name}", f"loss node {name!r} is not in the objective; "
+                                          f"add it (weight 0 only logs it): objective: {{{name}: 1.0}}")
 
-    # 7. Warnings: step nodes whose outputs nobody uses.
-    warnings = []
-    used = {src for src, _ in weights}
-    for name in step_nodes:
-        if graph.out_degree(name) == 0 and name not in used:
-            warnings.append(P(f"nodes.{name}", "no node or objective uses this node's outputs", warning=True))
 
-    if problems:
-        return None, problems
-    return GraphSpec(specs, graph, order, build_order, weights, warnings), []
+def unused_outputs(c: Check) -> None:
+    used = {src for src, _ in c.weights}
+    for name in c.step_nodes:
+        if c.graph.out_degree(name) == 0 and name not in used:
+            c.warnings.append(c.loaded.problem(f"nodes.{name}", "no node or objective uses this node's outputs", warning=True))
+
+
+PASSES = (parse_nodes, resolve_calls, wire_inputs, module_references, data_cycles, weigh_objective, unused_outputs)
+
+
+def build_graph(loaded: LoadedPipeline, nodes: dict[str, dict[str, Any]], objective: dict[str, float]) -> tuple[GraphSpec | None, list[Problem]]:
+    c = Check(loaded, nodes, objective)
+    for check in PASSES:
+        check(c)
+    if c.problems:
+        return None, c.problems
+    return GraphSpec(c.specs, c.graph, c.order, c.build_order, c.weights, c.warnings, c.module_edges), []

@@ -19,6 +19,7 @@ from graphssl.build import (Prepared, build_modules, check_plan, dry_run, load_d
 from graphssl.checkpoint import CheckpointError, CheckpointHook, full_state, restore
 from graphssl.checkpoint import load as load_checkpoint
 from graphssl.checkpoint import run_dir as checkpoint_run_dir
+from graphssl.component import Evaluator, Owner, ShardUnits
 from graphssl.distributed import World, barrier, broadcast, parameter_checksums, teardown
 from graphssl.distributed import setup as setup_world
 from graphssl.errors import PipelineError
@@ -41,8 +42,8 @@ def find_reusable(tracker: Tracker, stage: Stage) -> str | None:
 def evaluation_metrics(tracker: Tracker, run_id: str, stage: Stage) -> dict[str, float]:
     """The final evaluation a finished stage run logged (for a reused stage)."""
     logged = tracker.client.get_run(run_id).data.metrics
-    names = {node.config.metric + suffix for node in stage.prepared.spec.nodes.values()
-             if node.role == "evaluator" for suffix in ("", "_init")}
+    names = {metric + suffix for node in stage.prepared.spec.nodes.values() if issubclass(node.cls, Evaluator)
+             for metric in node.cls.metric_names(node.config) for suffix in ("", "_init")}
     return {k: v for k, v in logged.items() if k in names}
 
 
@@ -118,7 +119,7 @@ def train_stage(stage: Stage, plan: Plan, tracker: Tracker, run_id: str, artifac
         node_runs = {}
         for name, node in prepared.spec.nodes.items():
             node_runs[name] = tracker.create_run(name, {"graphssl.node": name, "graphssl.component": node.type_name,
-                                                        **({"graphssl.call": node.call} if node.call else {})}, parent=run_id)
+                                                        **({"graphssl.call": str(node.call)} if node.call else {})}, parent=run_id)
             if node.config is not None:
                 tracker.log_params(node_runs[name], flatten(node.config.model_dump(mode="json")))
         tracker.log_params(run_id, flatten({k: v for k, v in prepared.loaded.raw.items()}))
@@ -193,7 +194,7 @@ def shard_modules(prepared: Prepared, modules: dict[str, nn.Module]) -> None:
     """FSDP2: shard each module's ``fsdp_units()`` (encoder blocks), then the module itself."""
     from torch.distributed.fsdp import fully_shard
 
-    owners = [n for n, node in prepared.spec.nodes.items() if node.role == "owner"]
+    owners = [n for n, node in prepared.spec.nodes.items() if issubclass(node.cls, Owner)]
     if owners:
         raise PipelineError([prepared.loaded.problem("train.fsdp", f"FSDP2 sharding does not support modules that keep copies "
                                                                    f"of others yet ({', '.join(owners)}); use DDP (train.fsdp=false)")],
@@ -201,7 +202,7 @@ def shard_modules(prepared: Prepared, modules: dict[str, nn.Module]) -> None:
     for module in modules.values():
         if not any(p.requires_grad for p in module.parameters()):
             continue
-        for unit in getattr(module, "fsdp_units", lambda: [])():
+        for unit in module.fsdp_units() if isinstance(module, ShardUnits) else []:
             fully_shard(unit)
         fully_shard(module)
 

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from graphssl import registry
-from graphssl.component import Component, In
+from graphssl.component import Component, In, role_of
 from graphssl.config import SECTION_MODELS, PipelineConfig, StagedPipelineConfig
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
@@ -104,7 +104,7 @@ def component_schema(name: str, cls: type[Component], defs: dict[str, Any]) -> d
         props[port] = _port_schema(decl)
     required = ["type", *config.get("required", []), *(p for p, d in cls.inputs.items() if not d.optional)]
     outputs = ", ".join(f"{p}: {o}" for p, o in cls.outputs.items())
-    return {"type": "object", "description": f"{name} ({cls.role}){' -> ' + outputs if outputs else ''}. {doc}",
+    return {"type": "object", "description": f"{name} ({role_of(cls)}){' -> ' + outputs if outputs else ''}. {doc}",
             "properties": props, "required": required, "additionalProperties": False}
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 import graphssl
 from graphssl import registry
-from graphssl.component import BuildContext
+from graphssl.component import BuildContext, Owner
 from graphssl.config import LoadedPipeline, StagedPipelineConfig, load_yaml, pydantic_problems
 from graphssl.errors import PipelineError, Problem, did_you_mean
 
@@ -152,8 +152,8 @@ def save_modules(modules: dict[str, nn.Module], prepared, path: Path, executor_s
             prefix = f"nodes.{name}."
             weights = {k[len(prefix):]: v for k, v in executor_state.items() if k.startswith(prefix)}
         entries[name] = {"type": node.type_name, "config": node.config.model_dump(mode="json"), "state_dict": weights}
-        if node.role == "owner":
-            for target in node.cls.provides(node.config):
+        if isinstance(module, Owner):
+            for target in module.provides(node.config):
                 base = prepared.spec.nodes[target]
                 entries[f"{name}.{target}"] = {"type": base.type_name, "config": base.config.model_dump(mode="json"),
                                                "state_dict": module.copy_of(target).state_dict()}

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from graphssl import registry
-from graphssl.component import BuildContext
+from graphssl.component import BuildContext, Evaluator
 from graphssl.data import ImageSet
 from graphssl.components.eval.linear import linear_head, probe_accuracy, train_linear_probe
 
@@ -91,7 +91,9 @@ class PixelEncoder(nn.Module):
 
 def test_evaluator_node_probes_the_resolved_encoder_and_logs_linear_top1():
     cls = registry.get("eval.linear")
-    assert cls.role == "evaluator" and cls.module_refs == ("encoder",)
+    assert issubclass(cls, Evaluator) and cls.module_refs == ("encoder",)
+    assert cls.metric_names(cls.Config(encoder="e", metric="probe")) == ("probe",)
+    assert cls.every(cls.Config(encoder="e", every=7)) == 7
     ev = cls(cls.Config(encoder="teacher.student", feature="cls", epochs=50), BuildContext(image_size=16, channels=1))
     asked = []
     encoder = PixelEncoder().train()

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from graphssl.component import Component, ComponentConfig
+from graphssl.component import ComponentConfig, Evaluator
 from graphssl.ops.features import frozen_features
 from graphssl.registry import register
 
@@ -35,11 +35,10 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, to_input: Callabl
 
 
 @register("eval.knn")
-class KNNEval(Component):
+class KNNEval(Evaluator):
     """k-NN top-1 on the test split: the bank is the first ``eval.limit`` training
     images, the queries the first ``eval.limit`` test images. Logs ``knn_top1``."""
 
-    role = "evaluator"
     module_refs = ("encoder",)
 
     class Config(ComponentConfig):

@@ -62,6 +62,9 @@ class MAEDecoder(Component):
         self.apply(self._init)
         nn.init.normal_(self.mask_token, std=0.02)
 
+    def no_weight_decay(self) -> set[str]:
+        return {"mask_token"}
+
     @staticmethod
     def _init(m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
