@@ -2,7 +2,8 @@
 
 prepare_loaded(): validate every section and the graph (no tensors);
 build_modules():  construct the modules in dependency order;
-dry_run():        run the graph forward and backward on a tiny real batch;
+dry_run():        run the graph forward and backward on a tiny real batch, every node's inputs and
+                  outputs checked against its port types (graphssl.shapes);
 check_plan():     dry-run every stage of a pipeline in order.
 An invalid pipeline raises PipelineError before anything is trained or logged.
 """
@@ -22,6 +23,7 @@ from graphssl.distributed import World
 from graphssl.errors import PipelineError, Problem
 from graphssl.executor import Executor, NodeError
 from graphssl.graph import GraphSpec, build_graph
+from graphssl.shapes import PortChecks, PortTypeError
 from graphssl.stages import ModuleLoader, Plan
 
 
@@ -105,7 +107,7 @@ def dry_run(prepared: Prepared, device: torch.device, loader=None, batch_size: i
     """Build fresh modules and run one forward/backward on ``batch_size`` real images; returns output shapes."""
     seed_everything(prepared.cfg.seed)
     data = load_data(prepared, device, limit=batch_size)
-    executor = Executor(prepared.spec, build_modules(prepared, make_context(prepared, data, device, loader)))
+    executor = Executor(prepared.spec, build_modules(prepared, make_context(prepared, data, device, loader)), hooks=[PortChecks()])
     executor.trace = {}
     try:
         executor.train()
@@ -113,6 +115,8 @@ def dry_run(prepared: Prepared, device: torch.device, loader=None, batch_size: i
         total = executor.total_loss(losses)
     except NodeError as e:
         raise PipelineError([prepared.loaded.problem(f"nodes.{e.node}", f"dry run: {e}")], prepared.source) from None
+    except PortTypeError as e:
+        raise PipelineError([prepared.loaded.problem(p.path, f"dry run: {p}") for p in e.problems], prepared.source) from None
     if not total.requires_grad:
         names = ", ".join(sorted({n for n, _ in prepared.spec.objective}))
         raise PipelineError([prepared.loaded.problem("objective", f"dry run: no loss of the objective ({names}) depends on "

@@ -20,7 +20,18 @@ from pathlib import Path
 
 from graphssl.tracking import default_tracking_uri
 
-EVAL_METRICS = ("knn_top1", "linear_top1")
+EVAL_METRICS = ("knn_top1", "linear_top1")  # always shown; other evaluators' metrics are read from the runs
+EVAL_LABELS = {"knn_top1": "k-NN", "linear_top1": "linear"}
+
+
+def logged_evaluations(metrics: dict[str, float]) -> list[str]:
+    """The evaluator metrics a run logged: every evaluator logs NAME_init before training and NAME after."""
+    return sorted({k.removesuffix("_init") for k in metrics if k.endswith("_init") and k != "_init"})
+
+
+def eval_metrics(runs: list["RunSummary"]) -> list[str]:
+    found = {k for r in runs for k in r.evaluations}
+    return [*EVAL_METRICS, *sorted(found - set(EVAL_METRICS))]
 
 
 class CompareError(Exception):
@@ -39,6 +50,7 @@ class RunSummary:
     final: dict[str, float]  # the parent's latest metrics
     losses: dict[str, float]  # "loss" and "loss/<node>" at the end
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
+    evaluations: list[str] = field(default_factory=list)  # the evaluator metrics the run logged
 
     @property
     def label(self) -> str:
@@ -76,22 +88,23 @@ def _training_run(client, run) -> str:
 def summarize(client, run) -> RunSummary:
     tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
     source = _training_run(client, run)
+    source_metrics = metrics if source == run.info.run_id else client.get_run(source).data.metrics
+    evaluations = logged_evaluations({**source_metrics, **metrics})
     curves = {"loss": _history(client, source, "loss")}
-    for key in EVAL_METRICS:
+    for key in dict.fromkeys([*EVAL_METRICS, *evaluations]):
         points = _eval_history(client, source, key)
         init = _history(client, source, f"{key}_init")
         if points or init:
             curves[key] = sorted([(0, v) for _, v in init[-1:]] + [(s + 1, v) for s, v in points])  # step s ends at s + 1
-    source_metrics = metrics if source == run.info.run_id else client.get_run(source).data.metrics
     speed = [v for _, v in _history(client, source, "images_per_s")]
     steps = params.get("train.steps")
     if steps is None and curves["loss"]:
         steps = curves["loss"][-1][0] + 1
     losses = {k: v for k, v in source_metrics.items() if k == "loss" or k.startswith("loss/")}
-    final = {**{k: v for k, v in source_metrics.items() if k.endswith("_top1") or k.endswith("_top1_init")}, **metrics}
+    final = {**{k: v for k, v in source_metrics.items() if k.removesuffix("_init") in evaluations}, **metrics}
     return RunSummary(run.info.run_id, run.info.run_name or run.info.run_id[:8], tags.get("graphssl.pipeline", ""),
                       run.info.status, run.info.start_time or 0, int(steps) if steps is not None else None,
-                      statistics.median(speed[1:] or speed) if speed else None, final, losses, curves)
+                      statistics.median(speed[1:] or speed) if speed else None, final, losses, curves, evaluations)
 
 
 def find_runs(tracking_uri: str | None = None, experiment: str = "graphssl", run_ids: list[str] = (),
@@ -145,12 +158,13 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 
 def table_rows(runs: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
-    header = ["run", "id", "pipeline", "steps", "images/s", "loss", "losses", *EVAL_METRICS]
+    names = eval_metrics(runs)
+    header = ["run", "id", "pipeline", "steps", "images/s", "loss", "losses", *names]
     rows = []
     for r in runs:
         parts = " ".join(f"{k.removeprefix('loss/')}={v:.4f}" for k, v in sorted(r.losses.items()) if k != "loss")
         evals = []
-        for key in EVAL_METRICS:
+        for key in names:
             value, init = r.final.get(key), r.final.get(f"{key}_init")
             evals.append(_fmt(value) + (f" (init {init:.4f})" if value is not None and init is not None else ""))
         rows.append([r.name, r.run_id[:8], r.pipeline or "-", str(r.steps or "-"), _fmt(r.images_per_s, 0),
@@ -182,6 +196,7 @@ def draw(runs: list[RunSummary], output: str | Path, title: str | None = None) -
 
     fig, (ax_loss, ax_knn, ax_bar) = plt.subplots(1, 3, figsize=(15, 4.6), gridspec_kw={"width_ratios": [1.25, 1, 0.9]})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    names = eval_metrics(runs)
     positive = True
     for i, r in enumerate(runs):
         color = colors[i % len(colors)]
@@ -190,12 +205,11 @@ def draw(runs: list[RunSummary], output: str | Path, title: str | None = None) -
             steps, values = zip(*[(s + 1, v) for s, v in loss])
             ax_loss.plot(steps, values, color=color, lw=1.4, label=r.label)
             positive = positive and min(values) > 0
-        for key, style in (("knn_top1", "-o"), ("linear_top1", "--s")):
+        for key, style in zip(names, ["-o", "--s", ":^", "-.v"] * len(names)):
             points = r.curves.get(key, [])
             if points:
                 steps, values = zip(*points)
-                ax_knn.plot(steps, values, style, color=color, ms=4, lw=1.2,
-                            label=f"{r.label} {'k-NN' if key == 'knn_top1' else 'linear'}")
+                ax_knn.plot(steps, values, style, color=color, ms=4, lw=1.2, label=f"{r.label} {EVAL_LABELS.get(key, key)}")
     if positive and ax_loss.lines:
         ax_loss.set_yscale("log")
         low, high = ax_loss.get_ylim()
@@ -213,13 +227,13 @@ def draw(runs: list[RunSummary], output: str | Path, title: str | None = None) -
     if ax_knn.lines:
         ax_knn.legend(fontsize=7)
 
-    width = 0.8 / len(EVAL_METRICS)
-    for j, key in enumerate(EVAL_METRICS):
-        xs = [i + (j - (len(EVAL_METRICS) - 1) / 2) * width for i in range(len(runs))]
+    width = 0.8 / len(names)
+    for j, key in enumerate(names):
+        xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(runs))]
         values = [r.final.get(key, 0.0) for r in runs]
         bars = ax_bar.bar(xs, values, width * 0.95, color=[colors[i % len(colors)] for i in range(len(runs))],
                           alpha=1.0 if j == 0 else 0.55, hatch=None if j == 0 else "//", edgecolor="white",
-                          label="k-NN" if key == "knn_top1" else "linear probe")
+                          label={"knn_top1": "k-NN", "linear_top1": "linear probe"}.get(key, key))
         for bar, r in zip(bars, runs):
             if key in r.final:
                 ax_bar.annotate(f"{r.final[key]:.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),

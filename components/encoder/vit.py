@@ -71,7 +71,8 @@ class ViTEncoder(Component):
     }
     outputs = {
         "cls": Out(VECTOR, "final-normed [CLS] token"),
-        "patches": Out(TOKENS, "final-normed patch tokens; with mask_mode drop, only the visible ones, in grid order"),
+        "patches": Out(TOKENS, "final-normed patch tokens; with mask_mode drop, only the visible ones, in grid order",
+                       dims=("Nv", "D")),
     }
 
     def __init__(self, config: Config, ctx: BuildContext):

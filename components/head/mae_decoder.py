@@ -41,7 +41,7 @@ class MAEDecoder(Component):
 
     inputs = {
         "cls": In(VECTOR, "encoder [CLS] token"),
-        "patches": In(TOKENS, "encoder tokens of the visible patches, in grid order"),
+        "patches": In(TOKENS, "encoder tokens of the visible patches, in grid order", dims=("Nv", "D")),
         "mask": In(TOKEN_MASK, "the mask the encoder dropped (True = masked)"),
     }
     outputs = {"pred": Out(PATCHES, "predicted pixels of every patch, [*,N,p*p*C]")}
