@@ -43,9 +43,9 @@ class ShapeProblem:
 class _Binder:
     """Sizes of named dims and leading shapes seen so far at one node, with the port that set each."""
 
-    def __init__(self, node: str, cls: type[Component]):
+    def __init__(self, node: str, cls: type[Component], sizes: Mapping[str, int]):
         self.node, self.cls = node, cls
-        self.dims: dict[str, tuple[int, str]] = {}
+        self.dims: dict[str, tuple[int, str]] = {name: (size, "the expected sizes") for name, size in sizes.items()}
         self.batches: dict[str, tuple[tuple[int, ...], str]] = {}
         self.problems: list[ShapeProblem] = []
 
@@ -83,14 +83,14 @@ def _written(t: PortType, names: tuple[str, ...]) -> str:
 
 
 def check_node(node: str, cls: type[Component], inputs: Mapping[str, Any],
-               outputs: Mapping[str, Any] | None = None) -> list[ShapeProblem]:
+               outputs: Mapping[str, Any] | None = None, sizes: Mapping[str, int] = {}) -> list[ShapeProblem]:
     """Problems of the values node ``node`` (a ``cls``) got (``inputs``) and, when given, gave (``outputs``).
 
     Missing optional inputs (absent or None) and outputs a component leaves out
     (e.g. head.dino's ``patches`` without patch inputs) are not problems; an
-    output it does not declare is.
+    output it does not declare is. ``sizes`` binds named dims before any port does.
     """
-    binder = _Binder(node, cls)
+    binder = _Binder(node, cls, sizes)
     for port, decl in cls.inputs.items():
         value = inputs.get(port)
         if value is None:
