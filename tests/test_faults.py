@@ -12,17 +12,15 @@ import torch
 from mlflow import MlflowClient
 
 from conftest import PIPELINES, graphssl_cmd
-from graphssl import checkpoint
+from graphssl import checkpoint, registry
 from graphssl.cli import main
 from graphssl.component import Component, ComponentConfig, In, Out
 from graphssl.ports import LOSS, TOKENS
-from graphssl.registry import register
 
 TINY = ["train.log_every=1", "data.limit=256", "data.batch_size=16", "eval.limit=50", "nodes.encoder.depth=1",
         "nodes.decoder.depth=1", "device=cpu"]
 
 
-@register("test.nan_after")
 class NanAfter(Component):
     """Mean of the tokens; NaN from call ``after`` on."""
 
@@ -42,7 +40,13 @@ class NanAfter(Component):
         return {"loss": loss * float("nan") if self.calls > self.config.after else loss}
 
 
-def test_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(workdir, capsys):
+@pytest.fixture
+def nan_component():
+    with registry.scope({"test.nan_after": NanAfter}):
+        yield
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(workdir, capsys, nan_component):
     pipeline = workdir / "nan.yaml"
     pipeline.write_text("""
 name: nan
