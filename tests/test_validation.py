@@ -179,6 +179,19 @@ def test_call_node_errors(tmp_path):
     assert one(found, "nodes.enc4.pred").message.startswith("missing required input 'pred'")
 
 
+def test_a_call_node_calls_a_module_not_another_call_node(tmp_path):
+    # whichever comes first in the file: both are reported, and nothing that reads them is reported again
+    text = edit(("objective:", "  enc3:    {call: enc2, images: view.images}\n"
+                               "  enc2:    {call: encoder, images: view.images}\n"
+                               "  enc4:    {call: enc4, images: view.images}\n"
+                               "  head2:   {type: head.pixels, in_dim: 64, patch_size: 8, tokens: enc3.patches}\n"
+                               "objective:"))
+    found = problems(tmp_path, text)
+    assert one(found, "nodes.enc3.call").message == "cannot call 'enc2': it is a call node itself; call 'encoder' instead"
+    assert one(found, "nodes.enc4.call").message == "a call node cannot call itself"
+    assert not [p for p in found if p.path.startswith("nodes.head2")]  # it reads enc3: not reported again
+
+
 def test_objective_errors(tmp_path):
     text = edit(("objective: {loss: 1.0}", "objective: {loss: heavy, decoder: 1.0}"))
     found = problems(tmp_path, text)
