@@ -65,6 +65,8 @@ class EvalConfig(Strict):
 class PipelineConfig(Strict):
     name: str
     description: str = ""
+    plugins: list[str] = Field(default_factory=list, description="Python files (relative to this file) or modules "
+                                                             "to import first: they register the pipeline's own components")
     seed: int = 0
     deterministic: bool = Field(False, description="torch deterministic algorithms: bit-identical reruns")
     device: Literal["cpu", "cuda", "auto"] = "auto"
@@ -93,6 +95,8 @@ class StagedPipelineConfig(Strict):
 
     name: str
     description: str = ""
+    plugins: list[str] = Field(default_factory=list, description="Python files (relative to this file) or modules "
+                                                             "to import first: they register the pipeline's own components")
     seed: int = 0
     deterministic: bool = Field(False, description="torch deterministic algorithms: bit-identical reruns")
     device: Literal["cpu", "cuda", "auto"] = "auto"
@@ -261,6 +265,11 @@ def load_yaml(path: str | Path, overrides: list[str] = ()) -> LoadedPipeline:
         key = getattr(e, "full_key", "") or ""
         msg = str(e).splitlines()[0]
         raise PipelineError([Problem(str(key), f"cannot resolve: {msg}", line_of(lines, str(key)))], source) from None
+    from graphssl.plugins import load_plugins  # the pipeline's own components register before it is validated
+
+    plugin_problems = load_plugins(resolved.get("plugins"), Path(path).resolve().parent)
+    if plugin_problems:
+        raise PipelineError([Problem(p, msg, line_of(lines, p)) for p, msg in plugin_problems], source)
     return LoadedPipeline(source, resolved, lines, overrides=dotlist)
 
 

@@ -106,6 +106,12 @@ def register(name: str):
     return decorate
 
 
+def unregister(name: str) -> None:
+    """Forget the component ``name`` (a plugin that failed half-way through its import)."""
+    _REGISTRY.pop(name, None)
+    _ORIGINS.pop(name, None)
+
+
 def _entry_point_origin(ep) -> Origin:
     dist = getattr(ep, "dist", None)
     package = f" (package {dist.name} {dist.version})" if dist is not None else ""
