@@ -19,6 +19,7 @@ from typing import Iterator, Mapping
 from graphssl.component import Component, Evaluator, Owner
 
 ENTRY_POINT_GROUP = "graphssl.components"
+BUILTIN_PACKAGE = "graphssl.components"
 _REGISTRY: dict[str, type[Component]] = {}
 _loaded = False
 
@@ -94,7 +95,9 @@ def register(name: str):
         _check_contract(name, cls)
         cls.type_name = name
         _REGISTRY[name] = cls
-        if _importing:
+        if cls.__module__.startswith(BUILTIN_PACKAGE + "."):
+            origin = BUILT_IN  # however it came to be imported
+        elif _importing:
             origin, found = _importing[-1]
             found[name] = cls
         else:
@@ -126,9 +129,8 @@ def load_components() -> dict[str, type[Component]]:
     _loaded = True
     import graphssl.components as builtin
 
-    with importing(BUILT_IN):
-        for info in pkgutil.walk_packages(builtin.__path__, builtin.__name__ + "."):
-            importlib.import_module(info.name)
+    for info in pkgutil.walk_packages(builtin.__path__, builtin.__name__ + "."):
+        importlib.import_module(info.name)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         with importing(_entry_point_origin(ep)):
             obj = ep.load()
