@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from graphssl import registry
@@ -110,9 +111,9 @@ def test_evaluator_node_probes_the_resolved_encoder_and_logs_linear_top1():
 
 def test_config_rejects_a_bad_recipe():
     cls = registry.get("eval.linear")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match=r"epochs\n  Input should be greater than or equal to 1"):
         cls.Config(encoder="encoder", epochs=0)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match=r"batch_size\n  Input should be greater than or equal to 2"):
         cls.Config(encoder="encoder", batch_size=1)
 
 
