@@ -24,7 +24,8 @@ from graphssl import registry
 from graphssl.component import BuildContext, Evaluator, In, Owner, role_of
 from graphssl.data import ImageSet
 from graphssl.ports import LOGITS, PROBS
-from graphssl.shapes import check_node, example_value
+from graphssl.shapes import check_node
+from support.tiny import example_value
 
 BUILTINS = registry.builtin_names()
 B = 2  # images per batch
