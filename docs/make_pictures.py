@@ -24,9 +24,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the MLflow/Chromium helpers live with the tests
 
-from graphssl.mlflow_ui import (browser_missing, chromium_page, close_assistant, expand_run, mlflow_server,  # noqa: E402
-                                runs_page, show_columns, wait_for_text)
+from support.mlflow_ui import (browser_missing, chromium_page, close_assistant, expand_run, mlflow_server,  # noqa: E402
+                               runs_page, show_columns, wait_for_text)
 
 EXPERIMENT = "readme"
 

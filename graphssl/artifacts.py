@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from graphssl import registry
-from graphssl.component import BuildContext
+from graphssl.component import BuildContext, Owner
 from graphssl.errors import did_you_mean
 from graphssl.io import atomic_write
 
@@ -38,7 +38,7 @@ def module_entries(modules: Mapping[str, nn.Module], prepared: "Prepared",
             prefix = f"nodes.{name}."
             weights = {k[len(prefix):]: v for k, v in executor_state.items() if k.startswith(prefix)}
         entries[name] = {"type": node.type_name, "config": node.config.model_dump(mode="json"), "state_dict": weights}
-        if node.role == "owner":
+        if isinstance(module, Owner):
             for target in node.cls.provides(node.config):
                 base = prepared.spec.nodes[target]
                 entries[f"{name}.{target}"] = {"type": base.type_name, "config": base.config.model_dump(mode="json"),

@@ -2,7 +2,8 @@
 
 prepare_loaded(): validate every section and the graph (no tensors);
 build_modules():  construct the modules in dependency order;
-dry_run():        run the graph forward and backward on a tiny real batch;
+dry_run():        run the graph forward and backward on a tiny real batch, every node's inputs and
+                  outputs checked against its port types (graphssl.shapes);
 build_trainer():  everything a stage trains with (data, modules, optimiser, DDP or FSDP), no hooks.
 An invalid pipeline raises PipelineError before anything is trained or logged.
 Planning (graphssl.plan) sits above this module, module files (graphssl.artifacts) below it.
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from graphssl.artifacts import ModuleLoader
-from graphssl.component import BuildContext
+from graphssl.component import BuildContext, Owner, ShardUnits
 from graphssl.config import LoadedPipeline, PipelineConfig, validate_sections
 from graphssl.loading import load_yaml
 from graphssl.data import Data, DatasetMissing
@@ -27,6 +28,7 @@ from graphssl.errors import PipelineError, Problem
 from graphssl.executor import Executor, NodeError
 from graphssl.graph import GraphSpec, build_graph
 from graphssl.instrument import ShapeTrace
+from graphssl.shapes import PortChecks, PortTypeError
 
 if TYPE_CHECKING:
     from graphssl.plan import Plan, Stage
@@ -115,13 +117,16 @@ def dry_run(prepared: Prepared, device: torch.device, loader=None, batch_size: i
     seed_everything(prepared.cfg.seed)
     data = load_data(prepared, device, limit=batch_size)
     trace = ShapeTrace()
-    executor = Executor(prepared.spec, build_modules(prepared, make_context(prepared, data, device, loader)), [trace])
+    executor = Executor(prepared.spec, build_modules(prepared, make_context(prepared, data, device, loader)),
+                        [PortChecks(), trace])
     try:
         executor.train()
         losses = executor(data.batch(0))
         total = executor.total_loss(losses)
     except NodeError as e:
         raise PipelineError([prepared.loaded.problem(f"nodes.{e.node}", f"dry run: {e}")], prepared.source) from None
+    except PortTypeError as e:
+        raise PipelineError([prepared.loaded.problem(p.path, f"dry run: {p}") for p in e.problems], prepared.source) from None
     if not total.requires_grad:
         names = ", ".join(sorted({n for n, _ in prepared.spec.objective}))
         raise PipelineError([prepared.loaded.problem("objective", f"dry run: no loss of the objective ({names}) depends on "
@@ -168,7 +173,7 @@ def shard_modules(prepared: Prepared, modules: dict[str, nn.Module]) -> None:
     """FSDP2: shard each module's ``fsdp_units()`` (encoder blocks), then the module itself."""
     from torch.distributed.fsdp import fully_shard
 
-    owners = [n for n, node in prepared.spec.nodes.items() if node.role == "owner"]
+    owners = [n for n, node in prepared.spec.nodes.items() if issubclass(node.cls, Owner)]
     if owners:
         raise PipelineError([prepared.loaded.problem("train.fsdp", f"FSDP2 sharding does not support modules that keep copies "
                                                                    f"of others yet ({', '.join(owners)}); use DDP (train.fsdp=false)")],
@@ -176,6 +181,6 @@ def shard_modules(prepared: Prepared, modules: dict[str, nn.Module]) -> None:
     for module in modules.values():
         if not any(p.requires_grad for p in module.parameters()):
             continue
-        for unit in getattr(module, "fsdp_units", lambda: [])():
+        for unit in module.fsdp_units() if isinstance(module, ShardUnits) else []:
             fully_shard(unit)
         fully_shard(module)

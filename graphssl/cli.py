@@ -110,12 +110,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_components(args: argparse.Namespace) -> int:
     from graphssl import registry
-    from graphssl.describe import describe, first_sentence
+    from graphssl.describe import brief, describe
+    from graphssl.plugins import load_plugins
 
+    for _, message in load_plugins(args.plugin or None, Path.cwd()):
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_INVALID
     names = registry.names()
     if args.brief:
         for name in names:
-            print(f"{name:<28} {first_sentence(registry.get(name).__doc__)}")
+            print(brief(name, registry.get(name)))
         return 0
     chosen = [n for n in names if not args.name or n == args.name or n.startswith(args.name.rstrip(".") + ".")]
     if not chosen:
@@ -227,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("components", help="components with their ports and parameters (all, one, or a family)")
     p.add_argument("name", nargs="?", help="a component (mask.block) or a family (mask)")
     p.add_argument("--brief", action="store_true", help="one line per component")
+    p.add_argument("--plugin", action="append", metavar="FILE_OR_MODULE",
+                   help="also import a plugin (my_losses.py or a module name), as a pipeline's plugins: does")
     p.set_defaults(func=cmd_components)
 
     p = sub.add_parser("compare", help="compare tracked runs: a table, and a picture of their curves")
@@ -267,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 VALUE_OPTIONS = {"--tracking-uri", "--experiment", "--run-name", "--resume", "--from-run", "--nproc-per-node",
                  "--nnodes", "--rdzv-endpoint", "--node-rank", "-o", "--output", "--from", "--last", "--register",
-                 "--node", "--stage", "--feature"}
+                 "--node", "--stage", "--feature", "--plugin"}
 
 
 def positionals_first(argv: list[str]) -> list[str]:

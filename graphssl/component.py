@@ -7,12 +7,18 @@ A component is an ``nn.Module`` with
 - optional per-step hooks: ``before_step`` (set scheduled values),
   ``before_optimizer_step`` (edit gradients), ``after_step`` (EMA updates).
 
+Two kinds of component have no ports and are typed by their base class:
+``Owner`` (holds copies of other nodes' modules, run by ``call: OWNER.NODE``)
+and ``Evaluator`` (measures frozen modules on a schedule). Modules may also
+tell the optimiser and the sharding about their parameters through the small
+protocols ``LayerIds``, ``NoWeightDecay`` and ``ShardUnits``.
+
 Components never import each other; the pipeline YAML wires them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -21,20 +27,38 @@ from torch import nn
 from graphssl.ports import PortType
 
 
+def _port_dims(types: tuple[PortType, ...], dims: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if dims is not None and (len(types) != 1 or len(dims) != len(types[0].dims)):
+        raise ValueError(f"dims {dims} must name each trailing dim of exactly one port type, got {[str(t) for t in types]}")
+    return dims
+
+
 @dataclass(frozen=True)
 class In:
-    """An input port. ``many`` accepts a list of references (e.g. several views)."""
+    """An input port. ``many`` accepts a list of references (e.g. several views).
+
+    The dry run checks the shapes a node sees and makes: trailing dims with the
+    same name agree across a node's ports (``dims`` renames the port type's,
+    e.g. ``("Nv", "D")`` for only the visible tokens), and so do the leading
+    ``*`` dims of ports with the same ``batch`` name (None: free).
+    """
 
     types: tuple[PortType, ...]
     doc: str
     optional: bool = False
     many: bool = False
+    dims: tuple[str, ...] | None = None
+    batch: str | None = "*"
 
-    def __init__(self, types: PortType | tuple[PortType, ...], doc: str, optional: bool = False, many: bool = False):
-        object.__setattr__(self, "types", types if isinstance(types, tuple) else (types,))
+    def __init__(self, types: PortType | tuple[PortType, ...], doc: str, optional: bool = False, many: bool = False,
+                 dims: tuple[str, ...] | None = None, batch: str | None = "*"):
+        types = types if isinstance(types, tuple) else (types,)
+        object.__setattr__(self, "types", types)
         object.__setattr__(self, "doc", doc)
         object.__setattr__(self, "optional", optional)
         object.__setattr__(self, "many", many)
+        object.__setattr__(self, "dims", _port_dims(types, dims))
+        object.__setattr__(self, "batch", batch)
 
     def __str__(self) -> str:
         kinds = " | ".join(str(t) for t in self.types)
@@ -43,10 +67,15 @@ class In:
 
 @dataclass(frozen=True)
 class Out:
-    """An output port."""
+    """An output port; ``dims`` and ``batch`` as for :class:`In`."""
 
     type: PortType
     doc: str
+    dims: tuple[str, ...] | None = None
+    batch: str | None = "*"
+
+    def __post_init__(self) -> None:
+        _port_dims((self.type,), self.dims)
 
     def __str__(self) -> str:
         return str(self.type)
@@ -101,13 +130,8 @@ class Component(nn.Module):
     Config: ClassVar[type[ComponentConfig]] = ComponentConfig
     inputs: ClassVar[dict[str, In]] = {}
     outputs: ClassVar[dict[str, Out]] = {}
-    # Config fields whose values name other nodes' modules (not data ports).
+    # Config fields whose values name other nodes' modules ("student", "teacher.student"), not data ports.
     module_refs: ClassVar[tuple[str, ...]] = ()
-    # "step": runs every training step; "evaluator": runs on a schedule via
-    # evaluate(); "owner": holds copies of other nodes' modules (an EMA teacher)
-    # and has no ports: it implements provides(config) -> node names and
-    # copy_of(name) -> nn.Module, and "call: OWNER.NODE" nodes run the copies.
-    role: ClassVar[str] = "step"
     # True when the component's outputs must not carry gradients (targets, teachers).
     no_grad: ClassVar[bool] = False
 
@@ -138,6 +162,85 @@ class Component(nn.Module):
 
     def forward(self, **inputs: Any) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class Owner(Component):
+    """Holds copies of other nodes' modules (an EMA teacher); it has no ports.
+
+    ``provides(config)`` names the nodes it copies, ``copy_of(name)`` returns
+    the copy, and ``call: OWNER.NODE`` nodes run it.
+    """
+
+    @classmethod
+    def provides(cls, config: ComponentConfig) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def copy_of(self, name: str) -> nn.Module:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Evaluator(Component):
+    """Measures frozen modules outside the training step, on a schedule; it has no ports.
+
+    ``evaluate(resolve, data, limit)`` returns ``{metric: value}`` for the
+    names ``metric_names(config)`` gives; ``resolve("student")`` or
+    ``resolve("teacher.student")`` returns the module to measure. It runs every
+    ``every(config)`` steps (None: the pipeline's ``eval.every``), before
+    training and at the end. The defaults read the Config's ``metric`` and
+    ``every`` fields (the registry checks that it has them).
+    """
+
+    @classmethod
+    def metric_names(cls, config: ComponentConfig) -> tuple[str, ...]:
+        return (config.metric,)
+
+    @classmethod
+    def every(cls, config: ComponentConfig) -> int | None:
+        return config.every
+
+    def evaluate(self, resolve: Callable[[str], nn.Module], data: Any, limit: int) -> dict[str, float]:  # pragma: no cover
+        raise NotImplementedError
+
+
+def role_of(cls: type[Component]) -> str:
+    """"owner", "evaluator" or "step" (runs every training step): how ``graphssl components`` names the kind."""
+    if issubclass(cls, Owner):
+        return "owner"
+    if issubclass(cls, Evaluator):
+        return "evaluator"
+    return "step"
+
+
+@runtime_checkable
+class LayerIds(Protocol):
+    """A module whose parameters sit in numbered layers (a ViT), for layer-wise lr decay.
+
+    ``layer_id(name)`` is 0 for the embeddings up to ``num_layers()`` for the
+    last layer; the optimiser scales a parameter's lr by
+    ``layer_decay ** (num_layers() - layer_id(name))``, and the patch
+    embedding's (``is_patch_embed(name)``) by ``patch_embed_lr`` too.
+    """
+
+    def num_layers(self) -> int: ...
+
+    def layer_id(self, param_name: str) -> int: ...
+
+    def is_patch_embed(self, param_name: str) -> bool: ...
+
+
+@runtime_checkable
+class NoWeightDecay(Protocol):
+    """A module that names parameters (as in ``named_parameters()``) that take no weight decay, as timm's
+    ``no_weight_decay()``; biases and 1-D parameters never take any."""
+
+    def no_weight_decay(self) -> set[str]: ...
+
+
+@runtime_checkable
+class ShardUnits(Protocol):
+    """A module that FSDP2 shards piece by piece: ``fsdp_units()`` (e.g. each transformer block), then itself."""
+
+    def fsdp_units(self) -> list[nn.Module]: ...
 
 
 def has_hook(component: nn.Module, hook: str) -> bool:

@@ -81,6 +81,8 @@ class PipelineHeader(Strict):
 
     name: str
     description: str = ""
+    plugins: list[str] = Field(default_factory=list, description="Python files (relative to this file) or modules "
+                                                             "to import first: they register the pipeline's own components")
     seed: int = 0
     deterministic: bool = Field(False, description="torch deterministic algorithms: bit-identical reruns")
     device: Literal["cpu", "cuda", "auto"] = "auto"

@@ -1,5 +1,6 @@
 """Plain-text descriptions of components for ``graphssl components``: ports with shapes, parameters
-with types, defaults (as you would write them in YAML) and a one-line description."""
+with types, defaults (as you would write them in YAML), a one-line description, and where a
+component that is not built in came from (an entry point's package, a plugin file or module)."""
 from __future__ import annotations
 
 import re
@@ -9,7 +10,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel
 
-from graphssl.component import Component
+from graphssl import registry
+from graphssl.component import Component, Owner, role_of
 
 
 def first_sentence(text: str | None) -> str:
@@ -66,12 +68,26 @@ def _table(rows: list[tuple[str, ...]], indent: str = "    ") -> list[str]:
     return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
 
 
+def origin_note(name: str) -> str:
+    """"" for a built-in component, else where it came from: "entry point ...", "file ...", "module ..."."""
+    origin = registry.origin(name)
+    return "" if origin is None or origin == registry.BUILT_IN else str(origin)
+
+
+def brief(name: str, cls: type[Component]) -> str:
+    """One line: name, first sentence, and where it came from when it is not built in."""
+    note = origin_note(name)
+    return f"{name:<28} {first_sentence(cls.__doc__)}" + (f"  [{note}]" if note else "")
+
+
 def describe(name: str, cls: type[Component], full_doc: bool = False) -> list[str]:
     """A component's block: header, inputs, outputs, parameters."""
     doc = " ".join((cls.__doc__ or "").split()) if full_doc else first_sentence(cls.__doc__)
-    lines = [f"{name}  ({cls.role})  {doc}".rstrip()]
+    note = origin_note(name)
+    lines = [f"{name}  ({role_of(cls)}{', ' + note if note else ''})  {doc}".rstrip()]
     if full_doc:
         lines.append(f"  class: {cls.__module__}.{cls.__qualname__}")
+        lines.append(f"  from: {note or 'built-in'}")
     ports = [("in", p, str(d) + (" (optional)" if d.optional else ""), d.doc) for p, d in cls.inputs.items()]
     ports += [("out", p, str(o), o.doc) for p, o in cls.outputs.items()]
     if ports:
@@ -81,6 +97,6 @@ def describe(name: str, cls: type[Component], full_doc: bool = False) -> list[st
     if params:
         lines.append("  parameters:")
         lines += _table(params)
-    if cls.role == "owner":
+    if issubclass(cls, Owner):
         lines.append("  (an owner: run its copies with call: NODE.MODULE)")
     return lines

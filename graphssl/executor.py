@@ -16,16 +16,6 @@ from torch import nn
 from graphssl.graph import SOURCE, GraphSpec, NodeSpec, Ref
 
 
-class NodeHook:
-    """Called around every node call of a forward pass; the defaults do nothing."""
-
-    def before_node(self, node: NodeSpec, inputs: dict[str, Any]) -> None:
-        pass
-
-    def after_node(self, node: NodeSpec, outputs: dict[str, Any], seconds: float) -> None:
-        pass
-
-
 class NodeError(Exception):
     """A failure inside a node, with the node, its component and its input shapes."""
 
@@ -55,12 +45,17 @@ class PlannedNode:
 
 def resolve_module(spec: NodeSpec, modules: dict[str, nn.Module]) -> nn.Module:
     """The module a node runs: its own, another node's (shared weights), or an owner's copy."""
-    if spec.call is None:
-        return modules[spec.name]
-    if spec.call in modules:
-        return modules[spec.call]
-    owner, _, target = spec.call.partition(".")
-    return modules[owner].copy_of(target)
+    return modules[spec.name] if spec.call is None else spec.call.resolve(modules)
+
+
+class NodeHook:
+    """Instrumentation around every node call of :meth:`Executor.forward` (no-op defaults)."""
+
+    def before_node(self, node: NodeSpec, inputs: dict[str, Any]) -> None:
+        """Just before the node runs, with the inputs it gets."""
+
+    def after_node(self, node: NodeSpec, outputs: dict[str, Any], seconds: float) -> None:
+        """Just after the node ran, with its outputs and the seconds it took."""
 
 
 class Executor(nn.Module):
@@ -85,7 +80,7 @@ class Executor(nn.Module):
         for i, name in enumerate(spec.order):
             node = spec.nodes[name]
             release = [ref for ref, last in last_use.items() if last == i and ref not in keep]
-            owned_copy = node.call is not None and node.call not in modules
+            owned_copy = node.call is not None and node.call.owner is not None
             plan.append(PlannedNode(node, resolve_module(node, modules), node.inputs, node.cls.no_grad or owned_copy, release))
         return plan
 

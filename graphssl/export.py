@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from graphssl import registry
+from graphssl.component import Evaluator
 from graphssl.errors import did_you_mean
 
 POOLING = {"cls": "token", "mean": "avg"}  # graphssl's evaluated feature -> timm's global_pool
@@ -67,7 +68,7 @@ def evaluated_encoder(entries: dict[str, dict]) -> tuple[str, str] | None:
     """(node, feature) of the first evaluator that names an encoder, or None."""
     for entry in entries.values():
         cls = registry.get(entry["type"])
-        if cls is not None and cls.role == "evaluator" and "encoder" in cls.module_refs:
+        if cls is not None and issubclass(cls, Evaluator) and "encoder" in cls.module_refs:
             return entry["config"]["encoder"], entry["config"].get("feature", "cls")
     return None
 

@@ -144,6 +144,11 @@ def load_yaml(path: str | Path, overrides: list[str] = ()) -> LoadedPipeline:
         key = getattr(e, "full_key", "") or ""
         msg = str(e).splitlines()[0]
         raise PipelineError([Problem(str(key), f"cannot resolve: {msg}", line_of(lines, str(key)))], source) from None
+    from graphssl.plugins import load_plugins  # the pipeline's own components register before it is validated
+
+    plugin_problems = load_plugins(resolved.get("plugins"), Path(path).resolve().parent)
+    if plugin_problems:
+        raise PipelineError([Problem(p, msg, line_of(lines, p)) for p, msg in plugin_problems], source)
     return LoadedPipeline(source, resolved, lines, overrides=dotlist)
 
 

@@ -1,10 +1,10 @@
 """AdamW over every trainable parameter of the graph, with the papers' parameter groups.
 
-- no weight decay on biases, 1-D parameters (norms, LayerScale gammas) and
-  position embeddings / [CLS] / mask / register tokens;
-- layer-wise lr decay ``decay ** (L - layer_id)`` for modules that define
-  ``layer_id(name)`` and ``num_layers()`` (the ViT encoder);
-- an lr multiplier for patch embeddings.
+- no weight decay on biases, 1-D parameters (norms, LayerScale gammas) and the
+  parameters a module names in ``no_weight_decay()`` (the ViT's position
+  embedding, [CLS], mask and register tokens; :class:`NoWeightDecay`);
+- layer-wise lr decay ``decay ** (L - layer_id)`` and an lr multiplier for the
+  patch embedding, for modules that number their layers (:class:`LayerIds`).
 Each group carries ``lr_scale`` and ``wd_scale``; the trainer sets lr and
 weight decay per step from the schedules.
 """
@@ -13,30 +13,30 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from graphssl.component import LayerIds, NoWeightDecay
 from graphssl.config import TrainConfig
 
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "reg_token", "dist_token")
 
-
-def no_weight_decay(name: str, param: nn.Parameter) -> bool:
-    return param.ndim <= 1 or name.endswith(".bias") or any(k in name for k in NO_DECAY_NAMES)
+def no_weight_decay(name: str, param: nn.Parameter, named: set[str] = frozenset()) -> bool:
+    """Biases, 1-D parameters and the names the module gave."""
+    return param.ndim <= 1 or name.endswith(".bias") or name in named
 
 
 def param_groups(modules: dict[str, nn.Module], cfg: TrainConfig) -> list[dict]:
     groups: dict[tuple[float, float], dict] = {}
     seen: set[int] = set()
     for node, module in modules.items():
-        layer_id = getattr(module, "layer_id", None)
-        num_layers = module.num_layers() if layer_id is not None and hasattr(module, "num_layers") else None
+        layers = module if isinstance(module, LayerIds) else None
+        named = set(module.no_weight_decay()) if isinstance(module, NoWeightDecay) else set()
         for name, param in module.named_parameters():
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            wd_scale = 0.0 if no_weight_decay(name, param) else 1.0
+            wd_scale = 0.0 if no_weight_decay(name, param, named) else 1.0
             lr_scale = 1.0
-            if num_layers is not None and cfg.layer_decay < 1.0:
-                lr_scale *= cfg.layer_decay ** (num_layers - layer_id(name))
-            if "patch_embed" in name:
+            if layers is not None and cfg.layer_decay < 1.0:
+                lr_scale *= cfg.layer_decay ** (layers.num_layers() - layers.layer_id(name))
+            if layers is not None and layers.is_patch_embed(name):
                 lr_scale *= cfg.patch_embed_lr
             key = (lr_scale, wd_scale)
             group = groups.setdefault(key, {"params": [], "names": [], "lr_scale": lr_scale, "wd_scale": wd_scale})

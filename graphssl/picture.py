@@ -10,24 +10,26 @@ from graphssl.graph import SOURCE, GraphSpec
 ROLE_COLORS = {"source": "#d9d9d9", "step": "#9ecae1", "call": "#c6dbef", "owner": "#fdae6b", "evaluator": "#a1d99b", "loss": "#fc9272"}
 
 
+def picture_graph(spec: GraphSpec) -> nx.DiGraph:
+    """The data edges, and dashed module edges from the node holding a module to the owner or evaluator that
+    reads it and to the call nodes that run an owner's copy (a call of a node's own module is its label)."""
+    g = nx.DiGraph()
+    g.add_node(SOURCE)
+    g.add_edges_from(spec.graph.edges(data=True))
+    g.add_nodes_from(spec.nodes)
+    for edge in spec.module_edges:
+        if edge.via != "call" or edge.ref.owner is not None:
+            g.add_edge(edge.ref.root, edge.user, module=True)
+    return g
+
+
 def draw_graph(spec: GraphSpec, path: str | Path, title: str = "") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    g = nx.DiGraph()
-    g.add_node(SOURCE)
-    g.add_edges_from(spec.graph.edges(data=True))
-    g.add_nodes_from(spec.nodes)
-    for name, node in spec.nodes.items():  # module edges: owners and evaluators read other nodes' modules
-        if node.role in ("owner", "evaluator"):
-            for field in node.cls.module_refs:
-                value = getattr(node.config, field)
-                for target in value if isinstance(value, (list, tuple)) else [value]:
-                    g.add_edge(str(target).split(".")[0], name, module=True)
-        if node.call and "." in node.call:
-            g.add_edge(node.call.split(".")[0], name, module=True)
+    g = picture_graph(spec)
     for layer, nodes in enumerate(nx.topological_generations(g)):
         for n in nodes:
             g.nodes[n]["layer"] = layer
@@ -46,7 +48,7 @@ def draw_graph(spec: GraphSpec, path: str | Path, title: str = "") -> Path:
         if n == SOURCE:
             return "batch"
         node = spec.nodes[n]
-        return f"{n}\n{'call ' + node.call if node.call else node.type_name}"
+        return f"{n}\n{f'call {node.call}' if node.call else node.type_name}"
 
     width = max(6, 2.2 * max(len(ns) for ns in nx.topological_generations(g)))
     fig, ax = plt.subplots(figsize=(width, 1.4 * (max(d["layer"] for _, d in g.nodes(data=True)) + 2)))

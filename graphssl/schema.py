@@ -6,7 +6,8 @@ Editors with the YAML language server read it from the first line of a pipeline:
 
 and then complete keys, show each parameter's description and default, and
 mark unknown keys, unknown components and out-of-range values as you type.
-``graphssl schema > pipeline.schema.json`` regenerates it.
+``graphssl schema > pipeline.schema.json`` regenerates it (tests/support/schema_check.py checks
+files against it as an editor would).
 
 The schema checks what a single file can say; graphssl's own validation
 (``graphssl check``) goes further: port types along edges, cycles, the objective.
@@ -17,15 +18,12 @@ from __future__ import annotations
 
 import copy
 import json
-import re
-from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 
 from graphssl import registry
-from graphssl.component import Component, In
+from graphssl.component import Component, In, role_of
 from graphssl.config import SECTION_MODELS, PipelineConfig, StagedPipelineConfig
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
@@ -106,7 +104,7 @@ def component_schema(name: str, cls: type[Component], defs: dict[str, Any]) -> d
         props[port] = _port_schema(decl)
     required = ["type", *config.get("required", []), *(p for p, d in cls.inputs.items() if not d.optional)]
     outputs = ", ".join(f"{p}: {o}" for p, o in cls.outputs.items())
-    return {"type": "object", "description": f"{name} ({cls.role}){' -> ' + outputs if outputs else ''}. {doc}",
+    return {"type": "object", "description": f"{name} ({role_of(cls)}){' -> ' + outputs if outputs else ''}. {doc}",
             "properties": props, "required": required, "additionalProperties": False}
 
 
@@ -208,49 +206,3 @@ def pipeline_schema() -> dict[str, Any]:
 def schema_text() -> str:
     """The schema as written to pipeline.schema.json (stable key order, trailing newline)."""
     return json.dumps(pipeline_schema(), indent=1, ensure_ascii=False) + "\n"
-
-
-class _Yaml12Loader(yaml.SafeLoader):
-    """PyYAML with YAML 1.2's floats (``5e-4`` is a number, as in editors, not the string YAML 1.1 makes of it)."""
-
-
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."))
-
-
-def _explain(err):
-    """The most telling error under ``err`` (as jsonschema's best_match), never the "or an interpolation" alternative."""
-    from jsonschema.exceptions import relevance
-
-    interp = {"$ref": f"#/{DEFS}/Interpolation"}
-    while err.context:
-        context = list(err.context)
-        if err.validator in ("anyOf", "oneOf") and isinstance(err.validator_value, list):
-            context = [e for e in context if err.validator_value[e.relative_schema_path[0]] != interp] or context
-        err = min(context, key=relevance)
-    return err
-
-
-def schema_errors(path: str | Path, schema: dict[str, Any] | None = None) -> list[str]:
-    """The schema's complaints about a pipeline file as an editor would show them: "line N: path: message"."""
-    import jsonschema
-
-    from graphssl.loading import yaml_lines
-
-    text = Path(path).read_text()
-    try:
-        data = yaml.load(text, Loader=_Yaml12Loader)
-    except yaml.YAMLError as e:
-        return [f"YAML syntax error: {e}"]
-    validator = jsonschema.Draft7Validator(schema or pipeline_schema())
-    lines = yaml_lines(text)
-    out = []
-    for err in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
-        best = _explain(err)
-        where = ".".join(str(p) for p in best.absolute_path)
-        parts = where.split(".") if where else []
-        line = next((lines[".".join(parts[:i])] for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in lines), None)
-        out.append(f"{f'line {line}: ' if line else ''}{where or '(top)'}: {best.message}")
-    return out

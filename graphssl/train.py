@@ -8,13 +8,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-from graphssl.component import Component, Progress, has_hook
+from graphssl.component import Component, Evaluator, Progress, has_hook
 from graphssl.config import PipelineConfig
 from graphssl.distributed import World, any_rank, barrier
 from graphssl.executor import Executor
 from graphssl.hooks import Hooks, RunHook
 from graphssl.optim import clip_gradients, set_lr_and_wd
 from graphssl.schedules import scaled_lr, value_at, warmup_cosine_lr
+from graphssl.spec import ModuleRef
 
 
 class NonFiniteLoss(Exception):
@@ -42,7 +43,7 @@ class Trainer:
         warmup = cfg.train.warmup
         self.warmup_steps = int(warmup) if warmup >= 1 else round(warmup * cfg.train.steps)
         modules = executor.components()
-        self.evaluators = {n: m for n, m in modules.items() if getattr(m, "role", "") == "evaluator"}
+        self.evaluators = {n: m for n, m in modules.items() if isinstance(m, Evaluator)}
         comps = [m for m in modules.values() if isinstance(m, Component)]
         self._before = [c for c in comps if has_hook(c, "before_step")]
         self._before_opt = [c for c in comps if has_hook(c, "before_optimizer_step")]
@@ -56,17 +57,13 @@ class Trainer:
 
     def resolve(self, name: str) -> nn.Module:
         """A module by node name, or an owner's copy by "owner.node"."""
-        modules = self.executor.components()
-        if name in modules:
-            return modules[name]
-        owner, _, target = name.partition(".")
-        return modules[owner].copy_of(target)
+        return ModuleRef.parse(name).resolve(self.executor.components())
 
     def evaluate(self, step: int, suffix: str = "", force: bool = True) -> dict[str, dict[str, float]]:
         """Run the evaluators that are due (rank 0 evaluates on the whole evaluation set; others wait)."""
         results = {}
-        due = [(n, ev) for n, ev in self.evaluators.items()
-               if force or ((ev.config.every or self.cfg.eval.every) and (step + 1) % (ev.config.every or self.cfg.eval.every) == 0)]
+        every = {n: type(ev).every(ev.config) or self.cfg.eval.every for n, ev in self.evaluators.items()}
+        due = [(n, ev) for n, ev in self.evaluators.items() if force or (every[n] and (step + 1) % every[n] == 0)]
         if not due:
             return results
         self.hooks.on_eval_start(self, step, [n for n, _ in due], initial=suffix == "_init")

@@ -26,6 +26,16 @@ def graphssl_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "graphssl", *args]
 
 
+@pytest.fixture(autouse=True)
+def builtin_registry():
+    """Every test sees the built-in components only (not the plug-ins this machine has installed), and what
+    a test registers (its own components, a plugin file, the README's example) is gone after it."""
+    from graphssl import registry
+
+    with registry.scope(builtins_only=True):
+        yield
+
+
 @pytest.fixture(scope="session", autouse=True)
 def repository_stays_clean():
     """Tests run pipelines in temporary folders: none may leave run outputs in the checkout."""

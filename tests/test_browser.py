@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from conftest import PIPELINES, graphssl_cmd
-from graphssl.mlflow_ui import browser_missing, chromium_page, close_assistant, expand_run, mlflow_server, runs_page, wait_for_text
+from support.mlflow_ui import browser_missing, chromium_page, close_assistant, expand_run, mlflow_server, runs_page, wait_for_text
 
 SHORT_MAE = ["train.steps=2", "data.limit=128", "data.batch_size=16", "eval.limit=50", "nodes.encoder.depth=1",
              "nodes.decoder.depth=1", "device=cpu"]

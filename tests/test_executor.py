@@ -11,11 +11,10 @@ from graphssl.component import Component, ComponentConfig, In, Out
 from graphssl.executor import Executor, NodeError, NodeHook
 from graphssl.instrument import NodeTimer
 from graphssl.ports import IMAGES, LOSS, VECTOR
-from graphssl.registry import register
+from graphssl import registry
 from graphssl.build import build_modules, make_context, prepare
 
 
-@register("test.pool")
 class Pool(Component):
     """images -> mean colour, times a learnable scale."""
 
@@ -35,7 +34,6 @@ class Pool(Component):
         return {"vec": images.mean(dim=(-1, -2)) * self.scale}
 
 
-@register("test.square")
 class Square(Component):
     """Mean square of one or more vectors."""
 
@@ -47,6 +45,13 @@ class Square(Component):
 
     def forward(self, x):
         return {"loss": sum((v + self.config.offset).pow(2).mean() for v in x)}
+
+
+@pytest.fixture(autouse=True)
+def test_components():
+    """test.pool and test.square, registered for each test of this file only."""
+    with registry.scope({"test.pool": Pool, "test.square": Square}):
+        yield
 
 
 def write(tmp_path, nodes: str, objective: str = "{sq: 1.0}"):

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from graphssl import registry
-from graphssl.component import BuildContext
+from graphssl.component import BuildContext, Evaluator
 from graphssl.data import ImageSet
 from graphssl.components.eval.linear import linear_head, probe_accuracy, train_linear_probe
 
@@ -91,7 +92,9 @@ class PixelEncoder(nn.Module):
 
 def test_evaluator_node_probes_the_resolved_encoder_and_logs_linear_top1():
     cls = registry.get("eval.linear")
-    assert cls.role == "evaluator" and cls.module_refs == ("encoder",)
+    assert issubclass(cls, Evaluator) and cls.module_refs == ("encoder",)
+    assert cls.metric_names(cls.Config(encoder="e", metric="probe")) == ("probe",)
+    assert cls.every(cls.Config(encoder="e", every=7)) == 7
     ev = cls(cls.Config(encoder="teacher.student", feature="cls", epochs=50), BuildContext(image_size=16, channels=1))
     asked = []
     encoder = PixelEncoder().train()
@@ -108,9 +111,9 @@ def test_evaluator_node_probes_the_resolved_encoder_and_logs_linear_top1():
 
 def test_config_rejects_a_bad_recipe():
     cls = registry.get("eval.linear")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match=r"epochs\n  Input should be greater than or equal to 1"):
         cls.Config(encoder="encoder", epochs=0)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match=r"batch_size\n  Input should be greater than or equal to 2"):
         cls.Config(encoder="encoder", batch_size=1)
 
 

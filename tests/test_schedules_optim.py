@@ -56,13 +56,34 @@ class Tiny(nn.Module):
         self.frozen = nn.Parameter(torch.zeros(3), requires_grad=False)
 
 
-def test_no_weight_decay_on_biases_norms_and_positions():
-    m = Tiny()
+class TinyNamed(Tiny):
+    def no_weight_decay(self) -> set[str]:  # graphssl.component.NoWeightDecay
+        return {"pos_embed"}
+
+
+def test_no_weight_decay_on_biases_norms_and_what_the_module_names():
+    m = TinyNamed()
     groups = param_groups({"m": m, "shared": m}, TrainConfig(steps=1, lr=1.0))
     decayed = {n for g in groups if g["wd_scale"] == 1.0 for n in g["names"]}
     plain = {n for g in groups if g["wd_scale"] == 0.0 for n in g["names"]}
     assert decayed == {"m.proj.weight"}
     assert plain == {"m.pos_embed", "m.proj.bias", "m.norm.weight", "m.norm.bias"}  # shared module counted once
+    # the framework does not guess from names: a module that names nothing keeps weight decay on pos_embed
+    groups = param_groups({"m": Tiny()}, TrainConfig(steps=1, lr=1.0))
+    assert {n for g in groups if g["wd_scale"] == 1.0 for n in g["names"]} == {"m.proj.weight", "m.pos_embed"}
+
+
+def test_encoder_names_timms_no_decay_parameters_and_its_mask_token():
+    from graphssl.component import BuildContext, LayerIds, NoWeightDecay
+    from graphssl.registry import get
+
+    E = get("encoder.vit")
+    enc = E(E.Config(arch="vit_tiny_patch16_224", patch_size=8, depth=1, embed_dim=32, num_heads=2),
+            BuildContext(image_size=16, channels=3))
+    assert isinstance(enc, NoWeightDecay) and isinstance(enc, LayerIds)
+    groups = param_groups({"enc": enc}, TrainConfig(steps=1, lr=1.0))
+    plain = {n for g in groups if g["wd_scale"] == 0.0 for n in g["names"] if n.count(".") <= 2 and "blocks" not in n}
+    assert {"enc.vit.cls_token", "enc.vit.pos_embed", "enc.mask_token"} <= plain
 
 
 def test_layer_decay_groups_from_encoder_layer_ids():

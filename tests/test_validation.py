@@ -64,8 +64,7 @@ def line_containing(text: str, fragment: str) -> int:
 
 
 def requires(name: str) -> None:
-    if registry.get(name) is None:
-        pytest.skip(f"{name} is not registered")
+    assert registry.get(name) is not None, f"the built-in {name} is not registered"
 
 
 # --------------------------------------------------------------------------- valid files
@@ -177,6 +176,19 @@ def test_call_node_errors(tmp_path):
     assert one(found, "nodes.enc2.call").message == "cannot call 'encodr': no such node or module copy (did you mean \"encoder\"?)"
     assert "a call node takes only inputs of encoder.vit (images, mask)" in one(found, "nodes.enc3.depth").message
     assert one(found, "nodes.enc4.pred").message.startswith("missing required input 'pred'")
+
+
+def test_a_call_node_calls_a_module_not_another_call_node(tmp_path):
+    # whichever comes first in the file: both are reported, and nothing that reads them is reported again
+    text = edit(("objective:", "  enc3:    {call: enc2, images: view.images}\n"
+                               "  enc2:    {call: encoder, images: view.images}\n"
+                               "  enc4:    {call: enc4, images: view.images}\n"
+                               "  head2:   {type: head.pixels, in_dim: 64, patch_size: 8, tokens: enc3.patches}\n"
+                               "objective:"))
+    found = problems(tmp_path, text)
+    assert one(found, "nodes.enc3.call").message == "cannot call 'enc2': it is a call node itself; call 'encoder' instead"
+    assert one(found, "nodes.enc4.call").message == "a call node cannot call itself"
+    assert not [p for p in found if p.path.startswith("nodes.head2")]  # it reads enc3: not reported again
 
 
 def test_objective_errors(tmp_path):
@@ -347,7 +359,8 @@ stages:
 
 
 def test_stage_problems_carry_the_stage_path_and_line(tmp_path):
-    stages = pytest.importorskip("graphssl.plan")
+    from graphssl import plan as stages
+
     plan = stages.plan_pipeline(write(tmp_path, STAGED))
     assert list(plan.stages) == ["first", "second"] and plan.stages["second"].prepared.cfg.train.steps == 3
     text = STAGED.replace("needs: [first]", "needs: [frist]").replace("ratio: 0.75, patch_size: 8}", "ratoi: 0.75, patch_size: 8}")

@@ -45,7 +45,7 @@ class Crop(Component):
             return v
 
     inputs = {"images": In(IMAGES, "normalised images [B,C,H,W]")}
-    outputs = {"images": Out(IMAGES, "one augmented view per image [B,C,S,S]")}
+    outputs = {"images": Out(IMAGES, "one augmented view per image [B,C,S,S]", dims=("C", "S", "S"))}
 
     def __init__(self, config: Config, ctx: BuildContext):
         super().__init__(config, ctx)

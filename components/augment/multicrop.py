@@ -111,8 +111,8 @@ class MultiCrop(Component):
 
     inputs = {"images": In(IMAGES, "normalised images [B,C,H,W]")}
     outputs = {
-        "global": Out(IMAGES, "global views [Vg,B,C,S,S]"),
-        "local": Out(IMAGES, "local views [Vl,B,C,s,s] (absent when n_local = 0)"),
+        "global": Out(IMAGES, "global views [Vg,B,C,S,S]", dims=("C", "S", "S"), batch=None),
+        "local": Out(IMAGES, "local views [Vl,B,C,s,s] (absent when n_local = 0)", dims=("C", "s", "s"), batch=None),
     }
 
     def __init__(self, config: Config, ctx: BuildContext):

@@ -91,7 +91,8 @@ class ViTEncoder(Component):
     }
     outputs = {
         "cls": Out(VECTOR, "final-normed [CLS] token"),
-        "patches": Out(TOKENS, "final-normed patch tokens; with mask_mode drop, only the visible ones, in grid order"),
+        "patches": Out(TOKENS, "final-normed patch tokens; with mask_mode drop, only the visible ones, in grid order",
+                       dims=("Nv", "D")),
     }
 
     def __init__(self, config: Config, ctx: BuildContext):
@@ -176,17 +177,32 @@ class ViTEncoder(Component):
         cls, tokens = x[:, 0], x[:, prefix:]
         return {"cls": cls.reshape(*lead, d), "patches": tokens.reshape(*lead, tokens.shape[1], d)}
 
+    # -- for FSDP2, the optimiser's parameter groups (graphssl.component's protocols) ----
     def fsdp_units(self) -> list[nn.Module]:
         """Submodules sharded one by one under FSDP2 (each transformer block)."""
         return list(self.vit.blocks)
 
-    # -- for optimisers (layer-wise lr decay) ------------------------------
+    def no_weight_decay(self) -> set[str]:
+        """timm's no-decay names (position embedding, [CLS] and register tokens) and the mask token."""
+        return {f"vit.{name}" for name in self.vit.no_weight_decay()} | {"mask_token"}
+
     def num_layers(self) -> int:
         return len(self.vit.blocks) + 1
 
     def layer_id(self, param_name: str) -> int:
-        """0 for embeddings, i + 1 for block i, num_layers for the final norm (BEiT/MAE convention)."""
-        if param_name.startswith(("vit.cls_token", "vit.pos_embed", "vit.patch_embed", "vit.reg_token", "mask_token")):
+        """From timm's ``group_matcher``, in BEiT's and MAE's numbering: 0 for the embeddings (timm's stem and the
+        mask token), i + 1 for block i, num_layers for everything after the blocks (the final norm)."""
+        if param_name == "mask_token":
             return 0
-        match = re.match(r"vit\.blocks\.(\d+)\.", param_name)
-        return int(match.group(1)) + 1 if match else self.num_layers()
+        name = param_name.removeprefix("vit.")
+        matcher = self.vit.group_matcher(coarse=False)
+        if re.match(matcher["stem"], name):
+            return 0
+        for pattern, suffix in matcher["blocks"]:
+            match = re.match(pattern, name)
+            if match and suffix is None and match.groups():
+                return int(match.group(1)) + 1
+        return self.num_layers()
+
+    def is_patch_embed(self, param_name: str) -> bool:
+        return param_name.startswith("vit.patch_embed.")

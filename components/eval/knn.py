@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from graphssl.component import Component, ComponentConfig
+from graphssl.component import ComponentConfig, Evaluator
 from graphssl.ops.features import frozen_features, labelled_features
 from graphssl.registry import register
 
@@ -42,11 +42,10 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, to_input: Callabl
 
 
 @register("eval.knn")
-class KNNEval(Component):
+class KNNEval(Evaluator):
     """k-NN top-1 on the test split: the bank is a fixed class-stratified subset of ``eval.limit``
     training images, the queries one of ``eval.limit`` test images (null: whole splits). Logs ``knn_top1``."""
 
-    role = "evaluator"
     module_refs = ("encoder",)
 
     class Config(ComponentConfig):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from graphssl.component import Component, ComponentConfig
+from graphssl.component import ComponentConfig, Evaluator
 from graphssl.ops.features import labelled_features
 from graphssl.registry import register
 
@@ -97,13 +97,12 @@ def probe_accuracy(head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 @register("eval.linear")
-class LinearProbeEval(Component):
+class LinearProbeEval(Evaluator):
     """Linear-probe top-1 on the test split: a BatchNorm (no affine) + linear head trained on the frozen
     features of a fixed class-stratified subset of ``eval.limit`` training images, tested on one of ``eval.limit``
     test images (null: whole splits).
     Logs ``linear_top1``."""
 
-    role = "evaluator"
     module_refs = ("encoder",)
 
     class Config(ComponentConfig):

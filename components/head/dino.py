@@ -67,11 +67,11 @@ class DINOHead(Component):
                                                 "each) during which the last layer gets no update")
 
     inputs = {
-        "cls": In(VECTOR, "[CLS] features [*,D]", optional=True),
+        "cls": In(VECTOR, "[CLS] features [*,D]", optional=True, batch="cls"),
         "patches": In(TOKENS, "patch tokens [*,N,D]", optional=True),
     }
     outputs = {
-        "cls": Out(LOGITS, "prototype scores of the [CLS] features [*,K] (only when cls is given)"),
+        "cls": Out(LOGITS, "prototype scores of the [CLS] features [*,K] (only when cls is given)", batch="cls"),
         "patches": Out(TOKEN_LOGITS, "prototype scores per token [*,N,K] (only when patches is given)"),
     }
 

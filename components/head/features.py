@@ -22,7 +22,7 @@ class FeatureHead(Component):
         out_dim: int = Field(768, ge=1, description="feature width F of the target (EVA: CLIP-L/14's 768)")
 
     inputs = {"tokens": In(TOKENS, "encoder patch tokens after the final norm")}
-    outputs = {"pred": Out(TOKENS, "predicted teacher features per token")}
+    outputs = {"pred": Out(TOKENS, "predicted teacher features per token", dims=("N", "F"))}
 
     def __init__(self, config: Config, ctx: BuildContext):
         super().__init__(config, ctx)

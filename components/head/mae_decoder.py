@@ -41,7 +41,7 @@ class MAEDecoder(Component):
 
     inputs = {
         "cls": In(VECTOR, "encoder [CLS] token"),
-        "patches": In(TOKENS, "encoder tokens of the visible patches, in grid order"),
+        "patches": In(TOKENS, "encoder tokens of the visible patches, in grid order", dims=("Nv", "D")),
         "mask": In(TOKEN_MASK, "the mask the encoder dropped (True = masked)"),
     }
     outputs = {"pred": Out(PATCHES, "predicted pixels of every patch, [*,N,p*p*C]")}
@@ -61,6 +61,9 @@ class MAEDecoder(Component):
         self.pred = nn.Linear(d, config.patch_size**2 * ctx.channels)
         self.apply(self._init)
         nn.init.normal_(self.mask_token, std=0.02)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"mask_token"}
 
     @staticmethod
     def _init(m: nn.Module) -> None:

@@ -37,9 +37,6 @@ class CosineMaskedLoss(Component):
     outputs = {"loss": Out(LOSS, "scalar")}
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        if pred.shape != target.shape or pred.shape[:-1] != mask.shape:
-            raise ValueError(f"shapes differ: pred {tuple(pred.shape)}, target {tuple(target.shape)}, "
-                             f"mask {tuple(mask.shape)}")
         cos = cosine_masked(pred, target, mask)
         self.log("cosine", cos)
         return {"loss": -cos}

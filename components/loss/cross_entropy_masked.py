@@ -33,9 +33,6 @@ class CrossEntropyMaskedLoss(Component):
     outputs = {"loss": Out(LOSS, "scalar")}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        if logits.shape[:-1] != target.shape or target.shape != mask.shape:
-            raise ValueError(f"shapes differ: logits {tuple(logits.shape)}, target {tuple(target.shape)}, "
-                             f"mask {tuple(mask.shape)}")
         loss = cross_entropy_masked(logits, target, mask)
         with torch.no_grad():
             hits = (logits.argmax(-1) == target) & mask

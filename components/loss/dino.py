@@ -50,8 +50,8 @@ class DINOLoss(Component):
 
     inputs = {
         "student": In(LOGITS, "student [CLS] logits, each [V_i,B,K]; the first Vt views = the teacher's views",
-                      many=True),
-        "teacher": In(PROBS, "teacher distributions [Vt,B,K] of the global views"),
+                      many=True, batch=None),
+        "teacher": In(PROBS, "teacher distributions [Vt,B,K] of the global views", batch=None),
     }
     outputs = {"loss": Out(LOSS, "mean over cross-view pairs of the batch-mean cross-entropy")}
 

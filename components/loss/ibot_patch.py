@@ -27,9 +27,6 @@ from graphssl.registry import register
 def ibot_patch_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, student_temp: float = 0.1,
                     normalize: str = "per_image") -> torch.Tensor:
     """student float[*,N,K] logits, teacher float[*,N,K] probabilities, mask bool[*,N] -> scalar."""
-    if student.shape != teacher.shape or mask.shape != student.shape[:-1]:
-        raise ValueError(f"student {tuple(student.shape)}, teacher {tuple(teacher.shape)} and mask "
-                         f"{tuple(mask.shape)} do not match ([*,N,K], [*,N,K], [*,N])")
     with torch.autocast(device_type=student.device.type, enabled=False):
         log_p = F.log_softmax(student.float() / student_temp, dim=-1)
         ce = -(teacher.float() * log_p).sum(-1)  # [*,N]

@@ -150,7 +150,8 @@ class FeatureTarget(Component):
 
     inputs = {
         "images": In(IMAGES, "the teacher's view (EVA: the same crop as the student's)"),
-        "like": In(IMAGES, "the student's view, read only for the grid check (default: images)", optional=True),
+        "like": In(IMAGES, "the student's view, read only for the grid check (default: images)", optional=True,
+                   dims=("C", "Hs", "Ws")),
     }
     outputs = {"target": Out(TOKENS, "teacher features per patch")}
 

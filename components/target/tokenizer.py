@@ -36,7 +36,8 @@ class TokenizerTarget(Component):
 
     inputs = {
         "images": In(IMAGES, "the tokenizer's view (BEiT: the 112 px copy of the crop)"),
-        "like": In(IMAGES, "the student's view, read only for the grid check (default: images)", optional=True),
+        "like": In(IMAGES, "the student's view, read only for the grid check (default: images)", optional=True,
+                   dims=("C", "Hs", "Ws")),
     }
     outputs = {"target": Out(TOKEN_IDS, "code id per patch")}
 

@@ -1,1 +1,1 @@
-"""Teachers: modules that follow the student (EMA) or stay frozen."""
+"""Teachers: modules that follow the student (EMA copies)."""

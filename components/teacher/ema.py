@@ -19,7 +19,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from graphssl.component import BuildContext, Component, ComponentConfig, Progress
+from graphssl.component import BuildContext, ComponentConfig, Owner, Progress
 from graphssl.registry import register
 from graphssl.schedules import Schedule, Scheduled, check_range, value_at
 
@@ -34,10 +34,9 @@ def ema_update(teacher: list[torch.Tensor], student: list[torch.Tensor], momentu
 
 
 @register("teacher.ema")
-class EMATeacher(Component):
+class EMATeacher(Owner):
     """Frozen, eval-mode EMA copies of student modules; run them with ``call: <this node>.<module>``."""
 
-    role = "owner"
     no_grad = True
     module_refs = ("of",)
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from graphssl.component import BuildContext
 from graphssl.ops.crops import crop_theta, resized_crops, sample_crop_boxes
@@ -90,7 +91,7 @@ def test_component_color_jitter_changes_colours_and_keeps_range():
 
 def test_config_rejects_bad_values():
     cls = get("augment.crop")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match=r"flip_prob\n  Input should be less than or equal to 1"):
         cls.Config(flip_prob=1.5)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match=r"scale\n  Value error, expected 0 < low <= high, got \(0.8, 0.2\)"):
         cls.Config(scale=(0.8, 0.2))

@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+from pydantic import ValidationError
 
 from graphssl.component import BuildContext
 from graphssl.ops.augment import (adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, color_jitter,
@@ -145,11 +146,12 @@ def test_normalisation_round_trip():
 
 def test_config_errors():
     cls = get("augment.multicrop")
-    with pytest.raises(Exception, match="one per global view"):
+    with pytest.raises(ValidationError, match=r"expected 3 values \(one per global view, then one for the local views\) "
+                                              r"or 6 \(one per view\), got 2"):
         cls.Config(n_global=2, n_local=4, blur_prob=[1.0, 0.1])
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match=r"blur_kernel_size\n  Value error, the blur kernel side must be odd, got 8"):
         cls.Config(blur_kernel_size=8)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match=r"local_scale\n  Value error, expected 0 < low <= high, got \(0.4, 0.05\)"):
         cls.Config(local_scale=(0.4, 0.05))
 
 

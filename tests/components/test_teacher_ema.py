@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from graphssl.component import BuildContext, Progress
@@ -89,5 +90,5 @@ def test_unknown_module_is_an_error():
     cls = get("teacher.ema")
     with pytest.raises(ValueError, match="not built"):
         cls(cls.Config(of=["nope"]), BuildContext(image_size=32, channels=3, modules={}))
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match=r"of\n  Value error, name at least one module to copy"):
         cls.Config(of=[])

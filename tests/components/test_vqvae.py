@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from graphssl.component import BuildContext, Progress
-from graphssl.components.target.vqvae import VQVAE, ema_codebook_update, nearest_codes, perplexity
+from graphssl.components.tokenizer.vqvae import VQVAE, ema_codebook_update, nearest_codes, perplexity
 
 
 def make(channels=3, **params):

@@ -44,6 +44,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_healthy(url: str, proc: subprocess.Popen, timeout: float = 180.0, log: Path | None = None) -> None:
+    """Return once the MLflow server at ``url`` answers /health (it serves requests from then on);
+    raise if its process ``proc`` exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
+            raise RuntimeError(f"mlflow server exited with {proc.returncode}: {tail}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"mlflow server at {url} did not answer within {timeout:.0f}s")
+        time.sleep(0.2)
+
+
 @contextmanager
 def mlflow_server(folder: str | Path, port: int | None = None, timeout: float = 180.0) -> Iterator[str]:
     """``mlflow server`` on 127.0.0.1 with a SQLite store and artifacts in ``folder``; yields its URL.
@@ -62,20 +81,7 @@ def mlflow_server(folder: str | Path, port: int | None = None, timeout: float = 
                             cwd=folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {proc.returncode}: "
-                                   + (folder / "mlflow-server.log").read_text(errors="replace")[-2000:])
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"mlflow server at {url} did not answer within {timeout:.0f}s")
-            time.sleep(0.5)
+        wait_until_healthy(url, proc, timeout, log=folder / "mlflow-server.log")
         yield url
     finally:
         if proc.poll() is None:

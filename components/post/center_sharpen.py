@@ -78,13 +78,13 @@ class CenterSharpen(Component):
                                                        "or only masked ones (DINOv2; needs mask)")
 
     inputs = {
-        "cls": In(LOGITS, "teacher [CLS] logits [*,K]", optional=True),
-        "patches": In(TOKEN_LOGITS, "teacher patch logits [*,N,K]", optional=True),
+        "cls": In(LOGITS, "teacher [CLS] logits [*,K]", optional=True, batch="cls"),
+        "patches": In(TOKEN_LOGITS, "teacher patch logits [*,N,K]", optional=True, dims=("N", "Kp")),
         "mask": In(TOKEN_MASK, "student mask [*,N] (True = masked), for patch_center: masked", optional=True),
     }
     outputs = {
-        "cls": Out(PROBS, "teacher [CLS] distributions [*,K]"),
-        "patches": Out(TOKEN_PROBS, "teacher patch distributions [*,N,K]"),
+        "cls": Out(PROBS, "teacher [CLS] distributions [*,K]", batch="cls"),
+        "patches": Out(TOKEN_PROBS, "teacher patch distributions [*,N,K]", dims=("N", "Kp")),
     }
 
     def __init__(self, config: Config, ctx: BuildContext):
@@ -130,8 +130,6 @@ class CenterSharpen(Component):
             if c.patch_center == "masked":
                 if mask is None:
                     raise ValueError("patch_center: masked needs the mask input")
-                if mask.shape != patches.shape[:-1]:
-                    raise ValueError(f"mask {tuple(mask.shape)} does not match patches {tuple(patches.shape[:-1])}")
                 weights = mask
             center = self._center("patch_center", patches)
             probs = center_sharpen(patches, center, tau)

@@ -80,13 +80,13 @@ class Sinkhorn(Component):
         n_iterations: int = Field(3, ge=1, description="Sinkhorn-Knopp iterations (DINOv2: 3)")
 
     inputs = {
-        "cls": In(LOGITS, "teacher [CLS] logits [*,K]", optional=True),
-        "patches": In(TOKEN_LOGITS, "teacher patch logits [*,N,K]", optional=True),
+        "cls": In(LOGITS, "teacher [CLS] logits [*,K]", optional=True, batch="cls"),
+        "patches": In(TOKEN_LOGITS, "teacher patch logits [*,N,K]", optional=True, dims=("N", "Kp")),
         "mask": In(TOKEN_MASK, "student mask [*,N] (True = masked): only those patch tokens count", optional=True),
     }
     outputs = {
-        "cls": Out(PROBS, "teacher [CLS] assignments [*,K], rows sum to 1"),
-        "patches": Out(TOKEN_PROBS, "teacher patch assignments [*,N,K]; zero rows where not masked"),
+        "cls": Out(PROBS, "teacher [CLS] assignments [*,K], rows sum to 1", batch="cls"),
+        "patches": Out(TOKEN_PROBS, "teacher patch assignments [*,N,K]; zero rows where not masked", dims=("N", "Kp")),
     }
 
     def __init__(self, config: Config, ctx: BuildContext):
@@ -107,8 +107,6 @@ class Sinkhorn(Component):
             out["cls"] = q.view(cls.shape)
             self.log("cls_entropy", mean_entropy(q))
         if patches is not None:
-            if mask is not None and mask.shape != patches.shape[:-1]:
-                raise ValueError(f"mask {tuple(mask.shape)} does not match patches {tuple(patches.shape[:-1])}")
             w = mask.reshape(-1) if mask is not None else None
             q = sinkhorn_knopp(patches.reshape(-1, patches.shape[-1]), tau, iters, w)
             out["patches"] = q.view(patches.shape)

@@ -1,0 +1,1 @@
+"""Teacher post-processing: teacher logits to target distributions (centering and sharpening, Sinkhorn-Knopp)."""

@@ -1,0 +1,1 @@
+"""Tokenizers: image tokenizers trained in their own stage (a VQ-VAE), read by ``target.tokenizer``."""
