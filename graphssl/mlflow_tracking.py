@@ -111,7 +111,7 @@ class MlflowTracking(Tracking):
         self._started(plan, resume=True)
 
     def _started(self, plan: "Plan", resume: bool = False) -> None:
-        from graphssl.export import start_system_metrics
+        from graphssl.mlflow_models import start_system_metrics
 
         self._last_stage = plan.last.name
         self._monitor = start_system_metrics(self.tracker, self.parent, self.system_metrics, resume=resume)
@@ -185,7 +185,7 @@ class MlflowTracking(Tracking):
 
                 draw_graph(prepared.spec, Path(tmp) / "graph.png", title=prepared.cfg.name)
                 self.tracker.log_artifact(self.stage_run, Path(tmp) / "graph.png")
-            from graphssl.export import log_dataset_input
+            from graphssl.mlflow_models import log_dataset_input
 
             self.tracker.safely("log the dataset as the run's input", log_dataset_input, self.tracker, self.stage_run,
                                 trainer.data)
@@ -199,7 +199,7 @@ class MlflowTracking(Tracking):
 
     def on_stage_end(self, stage: "Stage", trainer, status: str, modules: Path | None, final: dict[str, float]) -> None:
         if modules is not None:
-            from graphssl.export import log_stage_model
+            from graphssl.mlflow_models import log_stage_model
 
             self.tracker.log_artifact(self.stage_run, modules, "model")
             self.tracker.set_tags(self.stage_run, {EVAL_METRICS_TAG: ",".join(sorted(final))})

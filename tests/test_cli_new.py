@@ -7,7 +7,7 @@ import re
 from conftest import PIPELINES, REPO
 from graphssl import registry
 from graphssl.cli import main
-from graphssl.schema import schema_errors
+from support.schema_check import schema_errors
 from graphssl.plan import plan_pipeline
 
 
