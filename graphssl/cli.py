@@ -77,6 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from graphssl.build import check_plan, resolve_device
+    from graphssl.flops import format_flops, summary
     from graphssl.stages import plan_pipeline
 
     plan = plan_pipeline(args.pipeline, args.overrides)
@@ -86,20 +87,25 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(w.format(plan.source))
     shapes = check_plan(plan, resolve_device(first.cfg.device))
     n = sum(len(s.prepared.spec.nodes) for s in plan.stages.values())
-    print(f"{plan.source}: valid ({n} nodes{f', {len(plan.stages)} stages' if plan.staged else ''}); dry run on a tiny batch passed")
+    print(f"{plan.source}: valid ({n} nodes{f', {len(plan.stages)} stages' if plan.staged else ''}); dry run of one training step passed")
     for stage_name, stage in plan.stages.items():
         if plan.staged:
             needs = f" (needs {', '.join(stage.needs)})" if stage.needs else ""
             print(f"stage {stage_name}{needs}:")
-        spec = stage.prepared.spec
+        spec, flops = stage.prepared.spec, stage.prepared.flops
+        cost = {n: format_flops(flops.of_node(n)) if flops and flops.of_node(n) else "" for n in spec.nodes}
         for name in spec.order:
             node = spec.nodes[name]
             what = f"call {node.call}" if node.call else node.type_name
             outs = ", ".join(f"{p}: {s}" for p, s in shapes[stage_name].get(name, {}).items())
-            print(f"  {name:<16} {what:<24} -> {outs}")
+            print(f"  {name:<16} {what:<24} {cost[name]:>11}  -> {outs}")
         for name, node in spec.nodes.items():
             if node.role != "step":
-                print(f"  {name:<16} {node.type_name:<24} ({node.role})")
+                print(f"  {name:<16} {node.type_name:<24} {cost[name]:>11}  ({node.role})")
+        if flops is not None:
+            print(f"  {summary(flops)}")
+        if stage.prepared.budget is not None:
+            print(f"  {stage.prepared.budget.describe()}, for one process (a run with N processes resolves it for N)")
     return 0
 
 
@@ -143,7 +149,7 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from graphssl.compare import CompareError, draw, find_runs, print_table
+    from graphssl.compare import CompareError, draw, find_runs, print_table, unplaced
 
     try:
         runs = find_runs(args.tracking_uri, args.experiment, args.run_ids, limit=args.last)
@@ -152,7 +158,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 1
     print_table(runs)
     if args.output:
-        print(f"wrote {draw(runs, args.output, title=f'experiment {args.experiment}')}")
+        for r in unplaced(runs, args.x):
+            print(f"note: run {r.name} logged no {args.x} (made before graphssl counted them): not drawn against them")
+        print(f"wrote {draw(runs, args.output, title=f'experiment {args.experiment}', x=args.x)}")
     return 0
 
 
@@ -207,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--last", type=int, default=10, help="without RUN_IDs: how many of the newest runs (default 10)")
     p.add_argument("-o", "--output", help="write the picture here (png, svg, pdf)")
+    p.add_argument("--x", default="steps", choices=["steps", "flops", "images", "time"],
+                   help="x axis of the curves: steps, counted training FLOPs, source images seen, or summed step "
+                        "time in seconds (default: steps)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("schema", help="print the JSON Schema of pipeline YAML (graphssl schema > pipeline.schema.json)")
@@ -226,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 VALUE_OPTIONS = {"--tracking-uri", "--experiment", "--run-name", "--resume", "--from-run", "--nproc-per-node",
-                 "--nnodes", "--rdzv-endpoint", "--node-rank", "-o", "--output", "--from", "--last"}
+                 "--nnodes", "--rdzv-endpoint", "--node-rank", "-o", "--output", "--from", "--last", "--x"}
 
 
 def positionals_first(argv: list[str]) -> list[str]:

@@ -1,15 +1,24 @@
 """``graphssl compare``: runs from the MLflow store side by side, as a table and a picture.
 
 The table has one row per run: pipeline, steps, images/s (median over steps),
-the final loss and its parts, and the final ``knn_top1`` and ``linear_top1``.
-The picture has the training-loss curves, the k-NN accuracy over the run
-(its value at initialisation at step 0, then every evaluation) and the final
-k-NN and linear-probe accuracies as bars.
+the total counted training FLOPs, the achieved FLOP/s (total FLOPs over the
+summed step times) and the model FLOP utilisation where the device's peak is
+known (graphssl.flops.PEAK_FLOPS), the final loss and its parts, and the final
+``knn_top1`` and ``linear_top1``. The picture has the training-loss curves,
+the k-NN accuracy over the run (its value at initialisation at step 0, then
+every evaluation) and the final k-NN and linear-probe accuracies as bars.
+
+The curves' x axis (``--x``) is one of
+  steps:  training steps;
+  flops:  cumulative counted training FLOPs of all processes (the ``train_flops`` metric);
+  images: source images seen (global batch x steps);
+  time:   cumulative training time, the sum of the step times (no evaluation, no start-up).
 
 Without run ids, the finished parent runs (not node or stage runs) of the
 experiment are compared, newest first. A staged pipeline's curves come from
 its last stage's run (where training happened; a reused stage points to the
-run it reused).
+run it reused); on the flops, images and time axes they start where the
+stages before it ended, and the totals count every stage.
 """
 from __future__ import annotations
 
@@ -18,9 +27,12 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from graphssl.flops import peak_flops
 from graphssl.tracking import default_tracking_uri
 
 EVAL_METRICS = ("knn_top1", "linear_top1")
+AXES = {"steps": "step", "flops": "training FLOPs (counted, all processes)", "images": "source images seen",
+        "time": "training time (s, sum of step times)"}
 
 
 class CompareError(Exception):
@@ -39,10 +51,37 @@ class RunSummary:
     final: dict[str, float]  # the parent's latest metrics
     losses: dict[str, float]  # "loss" and "loss/<node>" at the end
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
+    cumulative: dict[str, dict[int, float]] = field(default_factory=dict)  # axis -> {steps done: value} (logged)
+    per_step: dict[str, float] = field(default_factory=dict)  # axis -> value of one step (from the params)
+    offsets: dict[str, float] = field(default_factory=dict)  # axis -> what the stages before the last one spent
+    peak_flops: float | None = None  # FLOP/s of all the run's devices at its precision, where known
 
     @property
     def label(self) -> str:
         return self.name if self.name == self.pipeline or not self.pipeline else f"{self.name} ({self.pipeline})"
+
+    def x(self, axis: str, steps_done: int) -> float | None:
+        """Where the run stands on ``axis`` after ``steps_done`` steps of its (last) stage; None if not logged."""
+        if axis == "steps":
+            return float(steps_done)
+        value = 0.0 if steps_done == 0 else self.cumulative.get(axis, {}).get(steps_done)
+        if value is None and axis in self.per_step:
+            value = steps_done * self.per_step[axis]
+        return None if value is None else value + self.offsets.get(axis, 0.0)
+
+    @property
+    def total_flops(self) -> float | None:
+        return self.x("flops", self.steps) if self.steps else None
+
+    @property
+    def flops_per_s(self) -> float | None:
+        flops, seconds = self.total_flops, self.x("time", self.steps) if self.steps else None
+        return flops / seconds if flops and seconds else None
+
+    @property
+    def mfu(self) -> float | None:
+        achieved = self.flops_per_s
+        return achieved / self.peak_flops if achieved and self.peak_flops else None
 
 
 def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -59,39 +98,77 @@ def _eval_history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(s, v) for s, _, v in points]
 
 
-def _training_run(client, run) -> str:
-    """The run that holds the training curves: the parent itself, or a staged pipeline's last stage."""
+def _stage_runs(client, run) -> list:
+    """A staged pipeline's stage runs, the last one first (a reused stage: the run it reused); [] for one stage."""
     if "loss" in run.data.metrics:
-        return run.info.run_id
+        return []
     stages = client.search_runs([run.info.experiment_id],
                                 filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'",
                                 order_by=["attributes.start_time DESC"], max_results=200)
-    stages = [s for s in stages if "graphssl.stage" in s.data.tags]
-    if not stages:
-        return run.info.run_id
-    last = stages[0]
-    return last.data.tags.get("graphssl.reused_from", last.info.run_id)
+    out = []
+    for stage in stages:
+        if "graphssl.stage" in stage.data.tags:
+            reused = stage.data.tags.get("graphssl.reused_from")
+            out.append(client.get_run(reused) if reused else stage)
+    return out
+
+
+def _cumulative_time(client, run_id: str) -> dict[int, float]:
+    """{steps done: summed step times} from the step_time_s history."""
+    per_step = dict(_history(client, run_id, "step_time_s"))
+    out, total = {}, 0.0
+    for step in sorted(per_step):
+        total += per_step[step]
+        out[step + 1] = total
+    return out
+
+
+def _per_step(params: dict[str, str]) -> dict[str, float]:
+    out = {}
+    if "flops_per_step" in params:
+        out["flops"] = float(params["flops_per_step"])
+    batch = params.get("global_batch") or params.get("data.batch_size")
+    if batch is not None:
+        out["images"] = float(batch)
+    return out
+
+
+def _steps_param(params: dict[str, str]) -> int | None:
+    value = params.get("train.steps")
+    return int(value) if value not in (None, "None") else None
 
 
 def summarize(client, run) -> RunSummary:
     tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
-    source = _training_run(client, run)
+    stages = _stage_runs(client, run)
+    source_run = stages[0] if stages else run
+    source = source_run.info.run_id
     curves = {"loss": _history(client, source, "loss")}
     for key in EVAL_METRICS:
         points = _eval_history(client, source, key)
         init = _history(client, source, f"{key}_init")
         if points or init:
             curves[key] = sorted([(0, v) for _, v in init[-1:]] + [(s + 1, v) for s, v in points])  # step s ends at s + 1
-    source_metrics = metrics if source == run.info.run_id else client.get_run(source).data.metrics
+    source_metrics, source_params = source_run.data.metrics, source_run.data.params
     speed = [v for _, v in _history(client, source, "images_per_s")]
-    steps = params.get("train.steps")
+    steps = _steps_param(source_params) or _steps_param(params)
     if steps is None and curves["loss"]:
         steps = curves["loss"][-1][0] + 1
     losses = {k: v for k, v in source_metrics.items() if k == "loss" or k.startswith("loss/")}
     final = {**{k: v for k, v in source_metrics.items() if k.endswith("_top1") or k.endswith("_top1_init")}, **metrics}
+    cumulative = {"flops": {s + 1: v for s, v in _history(client, source, "train_flops")},
+                  "time": _cumulative_time(client, source)}
+    offsets = {"flops": 0.0, "time": 0.0, "images": 0.0}
+    for earlier in stages[1:]:
+        offsets["flops"] += earlier.data.metrics.get("train_flops", 0.0)
+        offsets["time"] += max(_cumulative_time(client, earlier.info.run_id).values(), default=0.0)
+        offsets["images"] += _per_step(earlier.data.params).get("images", 0.0) * (_steps_param(earlier.data.params) or 0)
+    peak = peak_flops(source_params.get("device_name", ""), source_params.get("train.precision", "fp32"))
     return RunSummary(run.info.run_id, run.info.run_name or run.info.run_id[:8], tags.get("graphssl.pipeline", ""),
-                      run.info.status, run.info.start_time or 0, int(steps) if steps is not None else None,
-                      statistics.median(speed[1:] or speed) if speed else None, final, losses, curves)
+                      run.info.status, run.info.start_time or 0, steps,
+                      statistics.median(speed[1:] or speed) if speed else None, final, losses, curves,
+                      cumulative, _per_step(source_params), offsets,
+                      peak * int(source_params.get("world_size", 1)) if peak else None)
 
 
 def find_runs(tracking_uri: str | None = None, experiment: str = "graphssl", run_ids: list[str] = (),
@@ -144,8 +221,12 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _sci(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
 def table_rows(runs: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
-    header = ["run", "id", "pipeline", "steps", "images/s", "loss", "losses", *EVAL_METRICS]
+    header = ["run", "id", "pipeline", "steps", "images/s", "FLOPs", "FLOP/s", "MFU", "loss", "losses", *EVAL_METRICS]
     rows = []
     for r in runs:
         parts = " ".join(f"{k.removeprefix('loss/')}={v:.4f}" for k, v in sorted(r.losses.items()) if k != "loss")
@@ -153,7 +234,9 @@ def table_rows(runs: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
         for key in EVAL_METRICS:
             value, init = r.final.get(key), r.final.get(f"{key}_init")
             evals.append(_fmt(value) + (f" (init {init:.4f})" if value is not None and init is not None else ""))
+        mfu = f"{100 * r.mfu:.1f}%" if r.mfu is not None else "-"
         rows.append([r.name, r.run_id[:8], r.pipeline or "-", str(r.steps or "-"), _fmt(r.images_per_s, 0),
+                     _sci(r.total_flops), _sci(r.flops_per_s), mfu,
                      _fmt(r.losses.get("loss")), parts if len(r.losses) > 2 else "", *evals])
     return header, rows
 
@@ -172,29 +255,36 @@ def print_table(runs: list[RunSummary], stream=None) -> None:
     console.print(table)
 
 
-def draw(runs: list[RunSummary], output: str | Path, title: str | None = None) -> Path:
-    """Loss curves | k-NN top-1 over steps | final k-NN and linear top-1 bars, one colour per run."""
+def figure(runs: list[RunSummary], x: str = "steps", title: str | None = None):
+    """Loss curves | top-1 during training, against ``x`` (an AXES key) | final k-NN and linear top-1 bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
+    from matplotlib.ticker import EngFormatter, FormatStrFormatter, MaxNLocator, NullFormatter
 
+    if x not in AXES:
+        raise CompareError(f"unknown x axis {x!r} (one of {', '.join(AXES)})")
     fig, (ax_loss, ax_knn, ax_bar) = plt.subplots(1, 3, figsize=(15, 4.6), gridspec_kw={"width_ratios": [1.25, 1, 0.9]})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+    def placed(points: list[tuple[int, float]], r: RunSummary) -> tuple[list[float], list[float]]:
+        """(x, value) of points given as (steps done, value); points the run cannot place on the axis are left out."""
+        pairs = [(r.x(x, n), v) for n, v in points]
+        pairs = [(a, v) for a, v in pairs if a is not None]
+        return [a for a, _ in pairs], [v for _, v in pairs]
+
     positive = True
     for i, r in enumerate(runs):
         color = colors[i % len(colors)]
-        loss = r.curves.get("loss", [])
-        if loss:
-            steps, values = zip(*[(s + 1, v) for s, v in loss])
-            ax_loss.plot(steps, values, color=color, lw=1.4, label=r.label)
+        xs, values = placed([(s + 1, v) for s, v in r.curves.get("loss", [])], r)
+        if xs:
+            ax_loss.plot(xs, values, color=color, lw=1.4, label=r.label)
             positive = positive and min(values) > 0
         for key, style in (("knn_top1", "-o"), ("linear_top1", "--s")):
-            points = r.curves.get(key, [])
-            if points:
-                steps, values = zip(*points)
-                ax_knn.plot(steps, values, style, color=color, ms=4, lw=1.2,
+            xs, values = placed(r.curves.get(key, []), r)
+            if xs:
+                ax_knn.plot(xs, values, style, color=color, ms=4, lw=1.2,
                             label=f"{r.label} {'k-NN' if key == 'knn_top1' else 'linear'}")
     if positive and ax_loss.lines:
         ax_loss.set_yscale("log")
@@ -203,12 +293,17 @@ def draw(runs: list[RunSummary], output: str | Path, title: str | None = None) -
         ax_loss.yaxis.set_major_formatter(plain)
         ax_loss.yaxis.set_minor_formatter(plain if high / low < 20 else NullFormatter())
     for ax in (ax_loss, ax_knn):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_loss.set(title="training loss", xlabel="step", ylabel="loss (log)" if positive else "loss")
+        if x == "steps":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        elif x in ("flops", "images"):
+            ax.xaxis.set_major_formatter(EngFormatter(unit="FLOP" if x == "flops" else "", sep=" "))
+    ax_loss.set(title="training loss", xlabel=AXES[x], ylabel="loss (log)" if positive else "loss")
     ax_loss.grid(alpha=0.3, which="both")
     if ax_loss.lines:
         ax_loss.legend(fontsize=8)
-    ax_knn.set(title="top-1 during training (step 0: at initialisation)\nk-NN solid, linear probe dashed", xlabel="step", ylabel="top-1 on the test split")
+    start = "step 0" if x == "steps" else "0"
+    ax_knn.set(title=f"top-1 during training ({start}: at initialisation)\nk-NN solid, linear probe dashed",
+               xlabel=AXES[x], ylabel="top-1 on the test split")
     ax_knn.grid(alpha=0.3)
     if ax_knn.lines:
         ax_knn.legend(fontsize=7)
@@ -230,6 +325,19 @@ def draw(runs: list[RunSummary], output: str | Path, title: str | None = None) -
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def unplaced(runs: list[RunSummary], x: str) -> list[RunSummary]:
+    """Runs that logged nothing to place them on axis ``x`` (runs made before graphssl counted FLOPs)."""
+    return [r for r in runs if r.steps and r.x(x, r.steps) is None]
+
+
+def draw(runs: list[RunSummary], output: str | Path, title: str | None = None, x: str = "steps") -> Path:
+    """Write :func:`figure` to ``output`` (png, svg, pdf)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(runs, x, title)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=110)

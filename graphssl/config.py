@@ -11,8 +11,9 @@ from typing import Any, Literal, Optional, get_args, get_origin
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from graphssl.budget import Budget
 from graphssl.errors import PipelineError, Problem, did_you_mean
 from graphssl.schedules import Scheduled
 
@@ -36,7 +37,9 @@ class DataConfig(Strict):
 class TrainConfig(Strict):
     """Optimisation: AdamW with per-step warm-up + cosine lr, scheduled weight decay."""
 
-    steps: int = Field(ge=1)
+    budget: Optional[Budget] = Field(None, description="instead of steps: {flops: 2e15}, {images: 1e6} or "
+                                                      "{epochs: 3}; sets steps (rounded up) in the dry run")
+    steps: Optional[int] = Field(None, ge=1, validate_default=True, description="training steps (or give a budget)")
     lr: float = Field(gt=0, description="base lr, before the lr_scaling rule")
     lr_scaling: Literal["none", "linear_256", "linear_512", "sqrt_1024"] = "none"
     min_lr: float = Field(0.0, ge=0)
@@ -55,6 +58,18 @@ class TrainConfig(Strict):
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the forward pass")
     compile: bool = Field(False, description="torch.compile every module (first steps are slow)")
     fsdp: bool = Field(False, description="shard parameters with FSDP2 (fully_shard) instead of DDP, under torchrun")
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_or_budget(cls, steps: Optional[int], info: ValidationInfo) -> Optional[int]:
+        if "budget" not in info.data:  # the budget itself is invalid: its error says so
+            return steps
+        if steps is not None and info.data["budget"] is not None:
+            raise ValueError(f"train.steps and train.budget are both set (got steps {steps} and a budget); a budget sets "
+                             "the steps: remove one (on the command line: train.steps=null)")
+        if steps is None and info.data["budget"] is None:
+            raise ValueError("give train.steps or train.budget ({flops: ...}, {images: ...} or {epochs: ...}); got neither")
+        return steps
 
 
 class EvalConfig(Strict):
@@ -165,21 +180,32 @@ def _override_known(raw: dict[str, Any], key: str) -> tuple[bool, list[str]]:
             continue
         if i == 0:
             return part in PipelineConfig.model_fields, list(PipelineConfig.model_fields)
-        if i == 1 and parts[0] in SECTION_MODELS:
-            fields = list(SECTION_MODELS[parts[0]].model_fields)
-            return part in fields and len(parts) == 2, fields
+        if i in (1, 2) and parts[0] in SECTION_MODELS:
+            return _section_key(SECTION_MODELS[parts[0]], parts[1:])
         if parts[0] in ("nodes", "vars") and i >= 2:
             return True, []  # a node parameter: the component's schema decides
         if parts[0] == "stages" and len(parts) > 3 and parts[2] in SECTION_MODELS and i == 3:
-            fields = list(SECTION_MODELS[parts[2]].model_fields)
-            return part in fields and len(parts) == 4, fields
+            return _section_key(SECTION_MODELS[parts[2]], parts[3:])
         if parts[0] == "stages" and len(parts) > 3 and parts[2] == "nodes" and i >= 4:
             return True, []
         if parts[0] in SECTION_MODELS and i == 1 and "stages" in raw:
-            fields = list(SECTION_MODELS[parts[0]].model_fields)
-            return part in fields and len(parts) == 2, fields
+            return _section_key(SECTION_MODELS[parts[0]], parts[1:])
         return False, list(node) if isinstance(node, dict) else []
     return True, []
+
+
+def _section_key(model: type[BaseModel], parts: list[str]) -> tuple[bool, list[str]]:
+    """Is ``parts`` (below a section) a key of the section's schema? A field that is itself a model
+    (``train.budget``) takes one more part: ``train.budget.flops``."""
+    fields = list(model.model_fields)
+    if parts[0] not in fields or len(parts) > 2:
+        return False, fields
+    if len(parts) == 1:
+        return True, fields
+    nested = [c for c in (model.model_fields[parts[0]].annotation, *get_args(model.model_fields[parts[0]].annotation))
+              if isinstance(c, type) and issubclass(c, BaseModel)]
+    sub = list(nested[0].model_fields) if nested else []
+    return parts[1] in sub, sub
 
 
 def _first_missing(raw: dict[str, Any], key: str) -> str:
@@ -248,7 +274,7 @@ def load_yaml(path: str | Path, overrides: list[str] = ()) -> LoadedPipeline:
             continue
         known, candidates = _override_known(data, key)
         if not known:
-            hint = did_you_mean(_first_missing(data, key), candidates)
+            hint = did_you_mean(_first_missing(data, key), candidates) or did_you_mean(key.split(".")[-1], candidates)
             problems.append(Problem(key, f"override of a key that does not exist{hint}"))
             continue
         dotlist.append(item)

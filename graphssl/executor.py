@@ -33,6 +33,16 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
+class NodeHook:
+    """Called around every node call of a forward pass (timers, FLOP counters, ...); no-op defaults."""
+
+    def before_node(self, node: NodeSpec, inputs: dict[str, Any]) -> None:
+        """Just before ``node`` runs on ``inputs`` (port -> value)."""
+
+    def after_node(self, node: NodeSpec, outputs: dict[str, Any], seconds: float) -> None:
+        """Just after ``node`` returned ``outputs`` (port -> value), ``seconds`` after it started."""
+
+
 @dataclass
 class PlannedNode:
     spec: NodeSpec
@@ -55,9 +65,10 @@ def resolve_module(spec: NodeSpec, modules: dict[str, nn.Module]) -> nn.Module:
 class Executor(nn.Module):
     """Holds every node's module and runs the graph forward."""
 
-    def __init__(self, spec: GraphSpec, modules: dict[str, nn.Module]):
+    def __init__(self, spec: GraphSpec, modules: dict[str, nn.Module], hooks: list[NodeHook] = ()):
         super().__init__()
         self.spec = spec
+        self.hooks: list[NodeHook] = list(hooks)
         self.nodes = nn.ModuleDict(modules)
         self.plan = self._plan(spec, modules)
         self.node_seconds: dict[str, float] = {n: 0.0 for n in spec.order}
@@ -92,6 +103,8 @@ class Executor(nn.Module):
                           for port, refs in planned.inputs.items()}
             except KeyError as e:
                 raise NodeError(name, planned.spec.type_name, {}, KeyError(f"input {e.args[0]} was not produced")) from None
+            for hook in self.hooks:
+                hook.before_node(planned.spec, kwargs)
             start = time.perf_counter()
             try:
                 with torch.set_grad_enabled(torch.is_grad_enabled() and not planned.no_grad):
@@ -100,7 +113,10 @@ class Executor(nn.Module):
                 raise
             except Exception as e:
                 raise NodeError(name, planned.spec.type_name, kwargs, e) from e
-            self.node_seconds[name] += time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            for hook in self.hooks:
+                hook.after_node(planned.spec, outputs, seconds)
+            self.node_seconds[name] += seconds
             self.node_calls[name] += 1
             for port, value in outputs.items():
                 values[(name, port)] = value

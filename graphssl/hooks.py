@@ -47,6 +47,8 @@ class TrackingHook:
             if node.call is None and name in ex.nodes:
                 for key, value in ex.nodes[name].pop_metrics().items():
                     t.metric(run, key, value, step)
+            if "train_flops" in metrics:  # the compute axis, in every node run too
+                t.metric(run, "train_flops", metrics["train_flops"], step)
             for port in node.cls.outputs:
                 key = f"loss/{name}" if port == "loss" else f"loss/{name}.{port}"
                 if key in metrics:
@@ -63,6 +65,9 @@ class TrackingHook:
                 self.tracker.metric(self.parent, key, value, step)
                 if node in self.node_runs:
                     self.tracker.metric(self.node_runs[node], key, value, step)
+            logged = not (step + 1) % self.log_every or step + 1 == trainer.cfg.train.steps  # on_step_end logged it
+            if node in self.node_runs and trainer.flops_per_step and not logged and not all(k.endswith("_init") for k in metrics):
+                self.tracker.metric(self.node_runs[node], "train_flops", (step + 1) * trainer.flops_per_step, step)
         self.tracker.flush()
         self._last_flush = time.monotonic()
 

@@ -23,6 +23,7 @@ from graphssl.distributed import World, barrier, broadcast, parameter_checksums,
 from graphssl.distributed import setup as setup_world
 from graphssl.errors import PipelineError
 from graphssl.executor import Executor
+from graphssl.flops import node_params, run_params
 from graphssl.hooks import ConsoleHook, TrackingHook
 from graphssl.optim import build_optimizer
 from graphssl.stages import ModuleLoader, Plan, Stage, plan_pipeline, save_modules
@@ -119,9 +120,17 @@ def train_stage(stage: Stage, plan: Plan, tracker: Tracker, run_id: str, artifac
         for name, node in prepared.spec.nodes.items():
             node_runs[name] = tracker.create_run(name, {"graphssl.node": name, "graphssl.component": node.type_name,
                                                         **({"graphssl.call": node.call} if node.call else {})}, parent=run_id)
-            if node.config is not None:
-                tracker.log_params(node_runs[name], flatten(node.config.model_dump(mode="json")))
-        tracker.log_params(run_id, flatten({k: v for k, v in prepared.loaded.raw.items()}))
+            params = flatten(node.config.model_dump(mode="json")) if node.config is not None else {}
+            if prepared.flops is not None:
+                params.update(node_params(prepared.flops, name, world.size))
+            if params:
+                tracker.log_params(node_runs[name], params)
+        params = flatten({k: v for k, v in prepared.loaded.raw.items()})
+        if prepared.flops is not None:  # the counted cost, and the steps a budget resolved to
+            params.update(run_params(prepared.flops, world.size, device))
+        if prepared.budget is not None:
+            params["train.steps"] = str(cfg.train.steps)
+        tracker.log_params(run_id, params)
         with tempfile.TemporaryDirectory() as tmp:
             resolved = Path(tmp) / "pipeline.yaml"
             resolved.write_text(yaml.safe_dump(prepared.loaded.raw, sort_keys=False))
@@ -138,7 +147,8 @@ def train_stage(stage: Stage, plan: Plan, tracker: Tracker, run_id: str, artifac
     checkpoints = CheckpointHook(state_path, cfg.train.checkpoint_every, meta)
     hooks = [TrackingHook(tracker, run_id, node_runs, cfg.train.log_every, cfg.train.flush_seconds),
              ConsoleHook(cfg.train.steps, cfg.train.log_every)]
-    trainer = Trainer(cfg, executor, optimizer, data, (hooks if world.main else []) + [checkpoints], world, forward)
+    trainer = Trainer(cfg, executor, optimizer, data, (hooks if world.main else []) + [checkpoints], world, forward,
+                      flops_per_step=prepared.flops.total * world.size if prepared.flops is not None else None)
     status = "FAILED"
     try:
         if resume is not None:
@@ -269,7 +279,10 @@ def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = 
     for stage in plan.stages.values():
         for w in stage.prepared.warnings:
             log(w.format(plan.source))
-    check_plan(plan, device)
+    check_plan(plan, device, world)
+    for name, stage in plan.stages.items():
+        if stage.prepared.budget is not None:
+            log(f"{f'stage {name}: ' if plan.staged else ''}{stage.prepared.budget.describe()}")
 
     tracker = Tracker(tracking_uri, experiment or "graphssl") if world.main else NullTracker()
     with tempfile.TemporaryDirectory() as tmp, GracefulStop() as stop:

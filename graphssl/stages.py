@@ -24,6 +24,7 @@ from torch import nn
 
 import graphssl
 from graphssl import registry
+from graphssl.budget import merge_train
 from graphssl.component import BuildContext
 from graphssl.config import LoadedPipeline, StagedPipelineConfig, load_yaml, pydantic_problems
 from graphssl.errors import PipelineError, Problem, did_you_mean
@@ -121,6 +122,7 @@ def plan_pipeline(path: str | Path, overrides: list[str] = ()) -> Plan:
         stage_raw = {"name": f"{cfg.name}.{name}", "description": stage.description or cfg.description,
                      "seed": cfg.seed, "device": cfg.device, "vars": cfg.vars,
                      **{s: {**getattr(cfg, s), **getattr(stage, s)} for s in SECTIONS},
+                     "train": merge_train(cfg.train, stage.train),  # a stage's budget replaces inherited steps
                      "nodes": stage.nodes, "objective": stage.objective}
         _apply_section_overrides(stage_raw, loaded.overrides)
         sub = LoadedPipeline(loaded.path, stage_raw, loaded.lines, prefix=f"stages.{name}.", overrides=loaded.overrides)
