@@ -295,8 +295,10 @@ def figure(runs: list[RunSummary], x: str = "steps", title: str | None = None):
     for ax in (ax_loss, ax_knn):
         if x == "steps":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        elif x in ("flops", "images"):
-            ax.xaxis.set_major_formatter(EngFormatter(unit="FLOP" if x == "flops" else "", sep=" "))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+            if x in ("flops", "images"):
+                ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 500G, 1T, ...
     ax_loss.set(title="training loss", xlabel=AXES[x], ylabel="loss (log)" if positive else "loss")
     ax_loss.grid(alpha=0.3, which="both")
     if ax_loss.lines:
