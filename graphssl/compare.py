@@ -123,11 +123,11 @@ def _cumulative_time(client, run_id: str) -> dict[int, float]:
     return out
 
 
-def _per_step(params: dict[str, str]) -> dict[str, float]:
+def _per_step(params: dict[str, str], tags: dict[str, str]) -> dict[str, float]:
     out = {}
     if "flops_per_step" in params:
         out["flops"] = float(params["flops_per_step"])
-    batch = params.get("global_batch") or params.get("data.batch_size")
+    batch = params.get("global_batch") or tags.get("graphssl.global_batch") or params.get("data.batch_size")
     if batch is not None:
         out["images"] = float(batch)
     return out
@@ -162,12 +162,13 @@ def summarize(client, run) -> RunSummary:
     for earlier in stages[1:]:
         offsets["flops"] += earlier.data.metrics.get("train_flops", 0.0)
         offsets["time"] += max(_cumulative_time(client, earlier.info.run_id).values(), default=0.0)
-        offsets["images"] += _per_step(earlier.data.params).get("images", 0.0) * (_steps_param(earlier.data.params) or 0)
+        images = _per_step(earlier.data.params, earlier.data.tags).get("images", 0.0)
+        offsets["images"] += images * (_steps_param(earlier.data.params) or 0)
     peak = peak_flops(source_params.get("device_name", ""), source_params.get("train.precision", "fp32"))
     return RunSummary(run.info.run_id, run.info.run_name or run.info.run_id[:8], tags.get("graphssl.pipeline", ""),
                       run.info.status, run.info.start_time or 0, steps,
                       statistics.median(speed[1:] or speed) if speed else None, final, losses, curves,
-                      cumulative, _per_step(source_params), offsets,
+                      cumulative, _per_step(source_params, source_run.data.tags), offsets,
                       peak * int(source_params.get("world_size", 1)) if peak else None)
 
 

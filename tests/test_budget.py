@@ -1,13 +1,18 @@
 """Training budgets (train.budget -> train.steps) and the compute axis (train_flops, graphssl compare --x)."""
 from __future__ import annotations
 
+import subprocess
+
 import pytest
+import torch
 from mlflow import MlflowClient
 
-from conftest import PIPELINES
+from conftest import PIPELINES, graphssl_cmd
 from graphssl.budget import Budget, merge_train, resolve
+from graphssl.build import check_plan
 from graphssl.cli import main
 from graphssl.compare import RunSummary, figure, find_runs
+from graphssl.runner import run
 from graphssl.stages import plan_pipeline
 
 TINY = ["device=cpu", "data.batch_size=8", "data.limit=64", "eval.limit=20", "train.log_every=1", "train.steps=null"]
@@ -63,10 +68,6 @@ def test_a_budget_is_one_of_flops_images_epochs_and_steps_or_budget_is_required(
 @pytest.fixture(scope="module")
 def equal_compute(tmp_path_factory):
     """A tiny MAE and a tiny SimMIM run at one FLOP budget, in a temporary store."""
-    from graphssl.build import check_plan
-    from graphssl.runner import run
-    import torch
-
     folder = tmp_path_factory.mktemp("budget")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     costs = {}
@@ -150,3 +151,37 @@ def test_mfu_is_achieved_over_peak_where_the_peak_is_known():
                    per_step={"flops": 1e12}, peak_flops=989e12)
     assert r.total_flops == 1e13 and r.flops_per_s == 5e12 and r.mfu == pytest.approx(5e12 / 989e12)
     assert RunSummary("id", "r", "mae", "FINISHED", 0, 10, None, {}, {}, per_step={"flops": 1e12}).mfu is None
+
+
+@pytest.mark.slow
+def test_a_budget_run_is_the_run_with_its_resolved_steps(tmp_path, monkeypatch):
+    """Schedules (warm-up, cosine) follow the resolved steps: the same losses as the same steps given directly."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ids = [run(PIPELINES / "mae.yaml", [*TINY_MAE, extra, "train.warmup=0.5"], tracking_uri=uri, experiment="same",
+               log=lambda *a: None) for extra in ("train.budget.images=20", "train.steps=3")]  # ceil(20 / 8) = 3
+    client = MlflowClient(uri)
+    losses = [[(m.step, m.value) for m in sorted(client.get_metric_history(i, "loss"), key=lambda m: m.step)] for i in ids]
+    lrs = [[m.value for m in sorted(client.get_metric_history(i, "lr"), key=lambda m: m.step)] for i in ids]
+    assert len(losses[0]) == 3 and losses[0] == losses[1] and lrs[0] == lrs[1]
+    assert client.get_run(ids[0]).data.params["train.steps"] == "3"
+    assert client.get_run(ids[0]).data.params["train.budget.images"] == "20"
+
+
+@pytest.mark.slow
+def test_under_two_processes_a_budget_counts_both(workdir):
+    """The budget is global: 2 processes of batch 8 see 16 images and spend twice one process's FLOPs per step."""
+    result = subprocess.run(graphssl_cmd("run", str(PIPELINES / "mae.yaml"), *TINY_MAE, "train.budget.images=40",
+                                         "--nproc-per-node", "2"), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train.budget.images=40 -> 3 steps (16 images per step" in result.stdout  # ceil(40 / 16)
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (run,) = [r for r in client.search_runs([client.get_experiment_by_name("graphssl").experiment_id])
+              if "mlflow.parentRunId" not in r.data.tags]
+    params = run.data.params
+    assert params["train.steps"] == "3" and params["global_batch"] == "16" and params["world_size"] == "2"
+    plan = plan_pipeline(PIPELINES / "mae.yaml", [*TINY_MAE, "train.budget.images=40"])
+    check_plan(plan, torch.device("cpu"))
+    one_process = next(iter(plan.stages.values())).prepared.flops.total
+    assert int(params["flops_per_step"]) == 2 * one_process
+    assert run.data.metrics["train_flops"] == 3 * 2 * one_process

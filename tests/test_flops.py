@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import PIPELINES
-from graphssl.build import dry_run, prepare
+from graphssl.build import build_modules, dry_run, load_data, make_context, prepare
 from graphssl.cli import main
 from graphssl.flops import EXTRA_FORMULAS, peak_flops
 
@@ -95,8 +95,6 @@ def test_the_ema_update_and_shared_modules_are_counted_per_node():
     # the EMA update: t = m*t (1 FLOP per element) + (1-m)*s (2 FLOPs per element), over every copied parameter
     teacher = prepared.spec.nodes["teacher"]
     assert teacher.role == "owner"
-    from graphssl.build import build_modules, make_context, load_data
-
     modules = build_modules(prepared, make_context(prepared, load_data(prepared, CPU, limit=B), CPU))
     copied = sum(p.numel() for p in modules["teacher"].copies.parameters())
     assert flops.update == {"teacher": 3 * copied}
