@@ -185,3 +185,27 @@ def test_under_two_processes_a_budget_counts_both(workdir):
     one_process = next(iter(plan.stages.values())).prepared.flops.total
     assert int(params["flops_per_step"]) == 2 * one_process
     assert run.data.metrics["train_flops"] == 3 * 2 * one_process
+
+
+def test_a_staged_pipeline_counts_every_stage_on_the_compute_axis(tmp_path):
+    from graphssl.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'staged.db'}"
+    t = Tracker(uri, "staged")
+    parent = t.create_run("eva", {"graphssl.pipeline": "eva"})
+    teacher = t.create_run("teacher", {"graphssl.stage": "teacher"}, parent=parent)
+    student = t.create_run("student", {"graphssl.stage": "student"}, parent=parent)
+    for run_id, per_step, steps in ((teacher, 10.0, 4), (student, 100.0, 2)):
+        t.log_params(run_id, {"flops_per_step": str(per_step), "global_batch": "8", "train.steps": str(steps)})
+        for step in range(steps):
+            t.metric(run_id, "loss", 1.0, step)
+            t.metric(run_id, "step_time_s", 0.5, step)
+            t.metric(run_id, "train_flops", (step + 1) * per_step, step)
+    t.flush()
+    for run_id in (teacher, student, parent):
+        t.end_run(run_id)
+    (summary,) = find_runs(uri, "staged")
+    assert summary.steps == 2  # the last stage's curves
+    assert [summary.x("flops", n) for n in (0, 1, 2)] == [40.0, 140.0, 240.0]  # after the teacher's 4 x 10
+    assert [summary.x("images", n) for n in (0, 2)] == [32.0, 48.0]
+    assert summary.x("time", 2) == 3.0 and summary.total_flops == 240.0 and summary.flops_per_s == 80.0
