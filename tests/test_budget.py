@@ -209,3 +209,8 @@ def test_a_staged_pipeline_counts_every_stage_on_the_compute_axis(tmp_path):
     assert [summary.x("flops", n) for n in (0, 1, 2)] == [40.0, 140.0, 240.0]  # after the teacher's 4 x 10
     assert [summary.x("images", n) for n in (0, 2)] == [32.0, 48.0]
     assert summary.x("time", 2) == 3.0 and summary.total_flops == 240.0 and summary.flops_per_s == 80.0
+
+
+def test_an_epochs_budget_counts_the_training_set(workdir, capsys):
+    assert main(["check", str(PIPELINES / "mae.yaml"), *TINY_MAE, "train.budget.epochs=2.5"]) == 0
+    assert "train.budget.epochs=2.5 -> 20 steps" in capsys.readouterr().out  # 64 images // 8 = 8 steps an epoch
