@@ -16,13 +16,22 @@ process, in rounds whose order alternates:
 
 Ratios are medians over rounds of per-round ratios (MAE / SimMIM):
 step_time_ratio (expected well under 0.5 when the encoder dominates) and
-encoder_time_ratio. Writes benchmarks/results/mae_vs_simmim.json.
+encoder_time_ratio. Next to them, the counted FLOPs of one training step and
+of the encoder node (graphssl.flops, as `graphssl check` counts them; forward,
+backward and updates) give flops_ratio and encoder_flops_ratio: what the time
+ratios should approach where time follows the matrix products.
+Writes benchmarks/results/mae_vs_simmim.json.
 
     python benchmarks/mae_vs_simmim.py [--depth 12] [--batch-size 64] [--rounds 7] [--steps-per-round 3]
+    python benchmarks/mae_vs_simmim.py --count-only   # the counts alone, added to the existing result file
+
+Counts do not depend on the machine: ``--count-only`` adds them to a result
+file made with the same sizes (its timings kept; ``flops_command`` says how).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -56,17 +65,42 @@ def main(argv=None) -> dict:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     p.add_argument("--out", default=str(RESULTS / "mae_vs_simmim.json"))
+    p.add_argument("--count-only", action="store_true", help="count FLOPs only and add them to the existing --out file")
     args = p.parse_args(argv)
+    from graphssl.build import check_plan
+    from graphssl.stages import plan_pipeline
 
     set_threads(args.threads)
     device = torch.device(args.device)
     env = environment(device)
     common = [f"device={device.type}", f"data.batch_size={args.batch_size}", f"data.limit={4 * args.batch_size}",
               f"train.precision={args.precision}"]
-    benches, encoders, inputs = {}, {}, {}
+    flops, encoder_flops, overrides = {}, {}, {}
     for name in ("mae", "simmim"):
         path = ROOT / "pipelines" / f"{name}.yaml"
-        bench = build_benches(path, common + encoder_overrides(path, args.arch, args.depth, args.embed_dim), device)[0]
+        overrides[name] = common + encoder_overrides(path, args.arch, args.depth, args.embed_dim)
+        plan = plan_pipeline(path, overrides[name])
+        check_plan(plan, device)  # the dry run counts one training step
+        prepared = next(iter(plan.stages.values())).prepared
+        flops[name] = prepared.flops.total
+        encoder_flops[name] = prepared.flops.of_node(node_of(prepared.spec, "encoder.vit").name)
+    counts = {"counted_flops_per_step": flops, "counted_encoder_flops_per_step": encoder_flops,
+              "flops_ratio": round(flops["mae"] / flops["simmim"], 4),
+              "encoder_flops_ratio": round(encoder_flops["mae"] / encoder_flops["simmim"], 4)}
+    print(f"counted FLOPs per step: MAE {flops['mae'] / 1e9:.2f} G, SimMIM {flops['simmim'] / 1e9:.2f} G "
+          f"(ratio {counts['flops_ratio']:.3f}; encoders {counts['encoder_flops_ratio']:.3f})")
+    if args.count_only:
+        result = json.loads(Path(args.out).read_text())
+        made = result["settings"]
+        if (made["batch_size"], made["depth"], made["precision"]) != (args.batch_size, args.depth, args.precision):
+            raise SystemExit(f"{args.out} was made with other sizes ({made}); rerun without --count-only")
+        result.update(counts, flops_command=command())
+        write_result(args.out, result)
+        return result
+
+    benches, encoders, inputs = {}, {}, {}
+    for name in ("mae", "simmim"):
+        bench = build_benches(ROOT / "pipelines" / f"{name}.yaml", overrides[name], device)[0]
         benches[name] = bench
         spec, modules = bench.trainer.executor.spec, bench.trainer.executor.components()
         encoder = modules[node_of(spec, "encoder.vit").name]
@@ -111,10 +145,12 @@ def main(argv=None) -> dict:
         "s_per_round": {k: [round(t, 5) for t in v] for k, v in times.items()},
         "step_time_ratio": round(step_ratio, 4),
         "encoder_time_ratio": round(encoder_ratio, 4),
+        **counts,
         "target": {"step_time_ratio": "< 0.5"},
         "pass": step_ratio < 0.5,
     }
-    print(f"MAE / SimMIM: training step {step_ratio:.3f}, encoder forward+backward {encoder_ratio:.3f}")
+    print(f"MAE / SimMIM: training step {step_ratio:.3f} in time, {counts['flops_ratio']:.3f} in counted FLOPs; "
+          f"encoder forward+backward {encoder_ratio:.3f} in time, {counts['encoder_flops_ratio']:.3f} in counted FLOPs")
     write_result(args.out, result)
     return result
 

@@ -2,8 +2,9 @@
 
 prepare_loaded(): validate every section and the graph (no tensors);
 build_modules():  construct the modules in dependency order;
-dry_run():        run the graph forward and backward on a tiny real batch, every node's inputs and
-                  outputs checked against its port types (graphssl.shapes);
+dry_run():        one training step on a real batch (the per-process batch): every node's inputs and
+                  outputs checked against its port types (graphssl.shapes), its FLOPs counted
+                  (graphssl.flops); a train.budget then sets train.steps;
 build_trainer():  everything a stage trains with (data, modules, optimiser, DDP or FSDP), no hooks.
 An invalid pipeline raises PipelineError before anything is trained or logged.
 Planning (graphssl.plan) sits above this module, module files (graphssl.artifacts) below it.
@@ -19,13 +20,15 @@ import torch
 from torch import nn
 
 from graphssl.artifacts import ModuleLoader
-from graphssl.component import BuildContext, Owner, ShardUnits
+from graphssl.budget import ResolvedBudget, apply_budget
+from graphssl.component import BuildContext, Owner, Progress, ShardUnits, has_hook
 from graphssl.config import LoadedPipeline, PipelineConfig, validate_sections
 from graphssl.loading import load_yaml
 from graphssl.data import Data, DatasetMissing
 from graphssl.distributed import World
 from graphssl.errors import PipelineError, Problem
 from graphssl.executor import Executor, NodeError
+from graphssl.flops import StepCounter, StepFlops
 from graphssl.graph import GraphSpec, build_graph
 from graphssl.instrument import ShapeTrace
 from graphssl.shapes import PortChecks, PortTypeError
@@ -42,6 +45,8 @@ class Prepared:
     spec: GraphSpec
     warnings: list[Problem] = field(default_factory=list)
     unused_parameters: list[str] = field(default_factory=list)  # trainable but gradient-free (found by the dry run)
+    flops: StepFlops | None = None  # one training step of one process, counted by the dry run
+    budget: ResolvedBudget | None = None  # how train.budget set train.steps (in the dry run)
 
     @property
     def source(self) -> str:
@@ -83,7 +88,7 @@ def seed_everything(seed: int) -> None:
 
 def make_context(prepared: Prepared, data: Data | None, device: torch.device, loader=None) -> BuildContext:
     cfg = prepared.cfg
-    return BuildContext(image_size=cfg.data.image_size, channels=cfg.data.channels, total_steps=cfg.train.steps,
+    return BuildContext(image_size=cfg.data.image_size, channels=cfg.data.channels, total_steps=cfg.train.steps or 1,
                         steps_per_epoch=data.steps_per_epoch if data else 1, device=device, data=data,
                         load_module=loader or ModuleLoader(device=device))
 
@@ -112,29 +117,45 @@ def load_data(prepared: Prepared, device: torch.device, limit: int | None = None
         raise PipelineError([prepared.loaded.problem("data", str(e))], prepared.source) from None
 
 
-def dry_run(prepared: Prepared, device: torch.device, loader=None, batch_size: int = 4) -> dict[str, dict[str, str]]:
-    """Build fresh modules and run one forward/backward on ``batch_size`` real images; returns output shapes."""
-    seed_everything(prepared.cfg.seed)
+def dry_run(prepared: Prepared, device: torch.device, loader=None, batch_size: int | None = None,
+            world: World = World()) -> dict[str, dict[str, str]]:
+    """Build fresh modules and run one training step (forward, backward, after-step updates such as EMA; no
+    optimiser step) on ``batch_size`` real images (default: the per-process batch), checking every node's ports
+    and counting the step's FLOPs into ``prepared.flops``; a ``train.budget`` then sets ``train.steps`` for
+    ``world``. Returns the output shapes."""
+    cfg = prepared.cfg
+    batch_size = batch_size or cfg.data.batch_size
+    seed_everything(cfg.seed)
     data = load_data(prepared, device, limit=batch_size)
     trace = ShapeTrace()
     executor = Executor(prepared.spec, build_modules(prepared, make_context(prepared, data, device, loader)),
                         [PortChecks(), trace])
-    try:
-        executor.train()
-        losses = executor(data.batch(0))
-        total = executor.total_loss(losses)
-    except NodeError as e:
-        raise PipelineError([prepared.loaded.problem(f"nodes.{e.node}", f"dry run: {e}")], prepared.source) from None
-    except PortTypeError as e:
-        raise PipelineError([prepared.loaded.problem(p.path, f"dry run: {p}") for p in e.problems], prepared.source) from None
-    if not total.requires_grad:
-        names = ", ".join(sorted({n for n, _ in prepared.spec.objective}))
-        raise PipelineError([prepared.loaded.problem("objective", f"dry run: no loss of the objective ({names}) depends on "
-                                                                   "a trainable weight, so there is nothing to train")],
-                            prepared.source)
-    total.backward()
-    # DDP must search for parameters without gradients only when there are some
-    prepared.unused_parameters = [n for n, p in executor.named_parameters() if p.requires_grad and p.grad is None]
+    with StepCounter(executor) as counter:
+        try:
+            executor.train()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
+                losses = executor(data.batch(0))
+                total = executor.total_loss(losses)
+        except NodeError as e:
+            raise PipelineError([prepared.loaded.problem(f"nodes.{e.node}", f"dry run: {e}")], prepared.source) from None
+        except PortTypeError as e:
+            raise PipelineError([prepared.loaded.problem(p.path, f"dry run: {p}") for p in e.problems], prepared.source) from None
+        if not total.requires_grad:
+            names = ", ".join(sorted({n for n, _ in prepared.spec.objective}))
+            raise PipelineError([prepared.loaded.problem("objective", f"dry run: no loss of the objective ({names}) depends on "
+                                                                       "a trainable weight, so there is nothing to train")],
+                                prepared.source)
+        counter.backward(total)
+        # DDP must search for parameters without gradients only when there are some
+        prepared.unused_parameters = [n for n, p in executor.named_parameters() if p.requires_grad and p.grad is None]
+        updates = {n: m for n, m in executor.components().items() if has_hook(m, "after_step")}
+        try:
+            counter.after_step(updates, Progress(0, cfg.train.steps or 1, data.steps_per_epoch))
+        except Exception as e:
+            raise PipelineError([prepared.loaded.problem("nodes", f"dry run: after_step: {type(e).__name__}: {e}")],
+                                prepared.source) from None
+    prepared.flops = counter.result(batch_size)
+    apply_budget(prepared, world.size)
     return trace.shapes
 
 
@@ -166,7 +187,8 @@ def build_trainer(stage: "Stage", plan: "Plan", device: torch.device, world: Wor
         forward = DistributedDataParallel(executor, device_ids=[device.index] if device.type == "cuda" else None,
                                           find_unused_parameters=bool(prepared.unused_parameters))
     optimizer = build_optimizer(modules, cfg.train, device)  # after sharding: over the sharded parameters
-    return Trainer(cfg, executor, optimizer, data, world=world, forward=forward)
+    flops = prepared.flops.total * world.size if prepared.flops is not None else None  # all processes
+    return Trainer(cfg, executor, optimizer, data, world=world, forward=forward, flops_per_step=flops)
 
 
 def shard_modules(prepared: Prepared, modules: dict[str, nn.Module]) -> None:

@@ -1,15 +1,26 @@
 """``graphssl compare``: runs from the MLflow store side by side, as a table and a picture.
 
 The table has one row per run: pipeline, steps, images/s (median over steps),
-the final loss and its parts, and every evaluator's final metric (``knn_top1``, ``linear_top1``, ...).
-The picture has the training-loss curves, the k-NN accuracy over the run
-(its value at initialisation at step 0, then every evaluation) and the final
-k-NN and linear-probe accuracies as bars.
+the total counted training FLOPs, the achieved FLOP/s (total FLOPs over the
+summed step times) and the model FLOP utilisation where the device's peak is
+known (graphssl.flops.PEAK_FLOPS), the final loss and its parts, and every
+evaluator's final metric (``knn_top1``, ``linear_top1``, ...: the names a run
+lists in its ``graphssl.eval_metrics`` tag). The picture
+(:mod:`graphssl.compare_plot`) has the training-loss curves, the evaluations
+over the run (at initialisation at step 0, then every evaluation) and the final
+evaluations as bars.
+
+The curves' x axis (``--x``) is one of
+  steps:  training steps;
+  flops:  cumulative counted training FLOPs of all processes (the ``train_flops`` metric);
+  images: source images seen (global batch x steps);
+  time:   cumulative training time, the sum of the step times (no evaluation, no start-up).
 
 Without run ids, the finished parent runs (not node or stage runs) of the
-experiment are compared, newest first. The curves come from a run's last
-stage (a reused stage points to the run it reused); the evaluator metrics
-are the ones the run names in its ``graphssl.eval_metrics`` tag.
+experiment are compared, newest first. A run's curves come from its last
+stage's run (a reused stage points to the run it reused); on the flops,
+images and time axes they start where the stages before it ended, and the
+totals count every stage.
 """
 from __future__ import annotations
 
@@ -18,8 +29,12 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from graphssl.flops import peak_flops
 from graphssl.mlflow_tracking import EVAL_METRICS_TAG
 from graphssl.tracking import default_tracking_uri
+
+AXES = {"steps": "step", "flops": "training FLOPs (counted, all processes)", "images": "source images seen",
+        "time": "training time (s, sum of step times)"}
 
 
 class CompareError(Exception):
@@ -38,11 +53,38 @@ class RunSummary:
     final: dict[str, float]  # the parent's latest metrics
     losses: dict[str, float]  # "loss" and "loss/<node>" at the end
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
+    cumulative: dict[str, dict[int, float]] = field(default_factory=dict)  # axis -> {steps done: value} (logged)
+    per_step: dict[str, float] = field(default_factory=dict)  # axis -> value of one step (from the params)
+    offsets: dict[str, float] = field(default_factory=dict)  # axis -> what the stages before the last one spent
+    peak_flops: float | None = None  # FLOP/s of all the run's devices at its precision, where known
     eval_metrics: list[str] = field(default_factory=list)  # the evaluators' metric names, e.g. knn_top1
 
     @property
     def label(self) -> str:
         return self.name if self.name == self.pipeline or not self.pipeline else f"{self.name} ({self.pipeline})"
+
+    def x(self, axis: str, steps_done: int) -> float | None:
+        """Where the run stands on ``axis`` after ``steps_done`` steps of its (last) stage; None if not logged."""
+        if axis == "steps":
+            return float(steps_done)
+        value = 0.0 if steps_done == 0 else self.cumulative.get(axis, {}).get(steps_done)
+        if value is None and axis in self.per_step:
+            value = steps_done * self.per_step[axis]
+        return None if value is None else value + self.offsets.get(axis, 0.0)
+
+    @property
+    def total_flops(self) -> float | None:
+        return self.x("flops", self.steps) if self.steps else None
+
+    @property
+    def flops_per_s(self) -> float | None:
+        flops, seconds = self.total_flops, self.x("time", self.steps) if self.steps else None
+        return flops / seconds if flops and seconds else None
+
+    @property
+    def mfu(self) -> float | None:
+        achieved = self.flops_per_s
+        return achieved / self.peak_flops if achieved and self.peak_flops else None
 
 
 def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -50,21 +92,49 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(s, v) for s, _, v in points]
 
 
-def _training_run(client, run) -> str:
-    """The run that holds the training curves: the run's last stage (or the run that stage reused)."""
+def _stage_runs(client, run) -> list:
+    """A run's stage runs, the last one first (a reused stage: the run it reused)."""
     stages = client.search_runs([run.info.experiment_id],
                                 filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'",
                                 order_by=["attributes.start_time DESC"], max_results=200)
-    stages = [s for s in stages if "graphssl.stage" in s.data.tags]
-    if not stages:
-        return run.info.run_id
-    last = stages[0]
-    return last.data.tags.get("graphssl.reused_from", last.info.run_id)
+    out = []
+    for stage in stages:
+        if "graphssl.stage" in stage.data.tags:
+            reused = stage.data.tags.get("graphssl.reused_from")
+            out.append(client.get_run(reused) if reused else stage)
+    return out
+
+
+def _cumulative_time(client, run_id: str) -> dict[int, float]:
+    """{steps done: summed step times} from the step_time_s history."""
+    per_step = dict(_history(client, run_id, "step_time_s"))
+    out, total = {}, 0.0
+    for step in sorted(per_step):
+        total += per_step[step]
+        out[step + 1] = total
+    return out
+
+
+def _per_step(params: dict[str, str], tags: dict[str, str]) -> dict[str, float]:
+    out = {}
+    if "flops_per_step" in params:
+        out["flops"] = float(params["flops_per_step"])
+    batch = params.get("global_batch") or tags.get("graphssl.global_batch") or params.get("data.batch_size")
+    if batch is not None:
+        out["images"] = float(batch)
+    return out
+
+
+def _steps_param(params: dict[str, str]) -> int | None:
+    value = params.get("train.steps")
+    return int(value) if value not in (None, "None") else None
 
 
 def summarize(client, run) -> RunSummary:
     tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
-    source = _training_run(client, run)
+    stages = _stage_runs(client, run)
+    source_run = stages[0] if stages else run
+    source = source_run.info.run_id
     eval_metrics = [k for k in tags.get(EVAL_METRICS_TAG, "").split(",") if k and not k.endswith("_init")]
     curves = {"loss": _history(client, source, "loss")}
     for key in eval_metrics:
@@ -72,15 +142,27 @@ def summarize(client, run) -> RunSummary:
         init = _history(client, source, f"{key}_init")
         if points or init:
             curves[key] = sorted([(0, v) for _, v in init[-1:]] + [(s + 1, v) for s, v in points])  # step s ends at s + 1
-    source_metrics = metrics if source == run.info.run_id else client.get_run(source).data.metrics
+    source_metrics, source_params = source_run.data.metrics, source_run.data.params
     speed = [v for _, v in _history(client, source, "images_per_s")]
-    steps = params.get("train.steps")
+    steps = _steps_param(source_params) or _steps_param(params)
     if steps is None and curves["loss"]:
         steps = curves["loss"][-1][0] + 1
     losses = {k: v for k, v in source_metrics.items() if k == "loss" or k.startswith("loss/")}
+    final = {**{k: v for k, v in source_metrics.items() if k.removesuffix("_init") in eval_metrics}, **metrics}
+    cumulative = {"flops": {s + 1: v for s, v in _history(client, source, "train_flops")},
+                  "time": _cumulative_time(client, source)}
+    offsets = {"flops": 0.0, "time": 0.0, "images": 0.0}
+    for earlier in stages[1:]:
+        offsets["flops"] += earlier.data.metrics.get("train_flops", 0.0)
+        offsets["time"] += max(_cumulative_time(client, earlier.info.run_id).values(), default=0.0)
+        images = _per_step(earlier.data.params, earlier.data.tags).get("images", 0.0)
+        offsets["images"] += images * (_steps_param(earlier.data.params) or 0)
+    peak = peak_flops(source_params.get("device_name", ""), source_params.get("train.precision", "fp32"))
     return RunSummary(run.info.run_id, run.info.run_name or run.info.run_id[:8], tags.get("graphssl.pipeline", ""),
-                      run.info.status, run.info.start_time or 0, int(steps) if steps is not None else None,
-                      statistics.median(speed[1:] or speed) if speed else None, dict(metrics), losses, curves, eval_metrics)
+                      run.info.status, run.info.start_time or 0, steps,
+                      statistics.median(speed[1:] or speed) if speed else None, final, losses, curves,
+                      cumulative, _per_step(source_params, source_run.data.tags), offsets,
+                      peak * int(source_params.get("world_size", 1)) if peak else None, eval_metrics)
 
 
 def eval_metric_names(runs: list[RunSummary]) -> list[str]:
@@ -138,9 +220,13 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _sci(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
 def table_rows(runs: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
     names = eval_metric_names(runs)
-    header = ["run", "id", "pipeline", "steps", "images/s", "loss", "losses", *names]
+    header = ["run", "id", "pipeline", "steps", "images/s", "FLOPs", "FLOP/s", "MFU", "loss", "losses", *names]
     rows = []
     for r in runs:
         parts = " ".join(f"{k.removeprefix('loss/')}={v:.4f}" for k, v in sorted(r.losses.items()) if k != "loss")
@@ -148,7 +234,9 @@ def table_rows(runs: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
         for key in names:
             value, init = r.final.get(key), r.final.get(f"{key}_init")
             evals.append(_fmt(value) + (f" (init {init:.4f})" if value is not None and init is not None else ""))
+        mfu = f"{100 * r.mfu:.1f}%" if r.mfu is not None else "-"
         rows.append([r.name, r.run_id[:8], r.pipeline or "-", str(r.steps or "-"), _fmt(r.images_per_s, 0),
+                     _sci(r.total_flops), _sci(r.flops_per_s), mfu,
                      _fmt(r.losses.get("loss")), parts if len(r.losses) > 2 else "", *evals])
     return header, rows
 
@@ -165,70 +253,3 @@ def print_table(runs: list[RunSummary], stream=None) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
-
-
-def draw(runs: list[RunSummary], output: str | Path, title: str | None = None) -> Path:
-    """Loss curves | k-NN top-1 over steps | final k-NN and linear top-1 bars, one colour per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
-
-    fig, (ax_loss, ax_knn, ax_bar) = plt.subplots(1, 3, figsize=(15, 4.6), gridspec_kw={"width_ratios": [1.25, 1, 0.9]})
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    positive = True
-    names = eval_metric_names(runs)
-    styles = {key: ("-o", "--s", ":^", "-.v")[j % 4] for j, key in enumerate(names)}
-    for i, r in enumerate(runs):
-        color = colors[i % len(colors)]
-        loss = r.curves.get("loss", [])
-        if loss:
-            steps, values = zip(*[(s + 1, v) for s, v in loss])
-            ax_loss.plot(steps, values, color=color, lw=1.4, label=r.label)
-            positive = positive and min(values) > 0
-        for key, style in styles.items():
-            points = r.curves.get(key, [])
-            if points:
-                steps, values = zip(*points)
-                ax_knn.plot(steps, values, style, color=color, ms=4, lw=1.2,
-                            label=f"{r.label} {key}")
-    if positive and ax_loss.lines:
-        ax_loss.set_yscale("log")
-        low, high = ax_loss.get_ylim()
-        plain = FormatStrFormatter("%.3g")
-        ax_loss.yaxis.set_major_formatter(plain)
-        ax_loss.yaxis.set_minor_formatter(plain if high / low < 20 else NullFormatter())
-    for ax in (ax_loss, ax_knn):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_loss.set(title="training loss", xlabel="step", ylabel="loss (log)" if positive else "loss")
-    ax_loss.grid(alpha=0.3, which="both")
-    if ax_loss.lines:
-        ax_loss.legend(fontsize=8)
-    ax_knn.set(title="evaluation during training (step 0: at initialisation)", xlabel="step", ylabel="on the test split")
-    ax_knn.grid(alpha=0.3)
-    if ax_knn.lines:
-        ax_knn.legend(fontsize=7)
-
-    width = 0.8 / max(1, len(names))
-    for j, key in enumerate(names):
-        xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(runs))]
-        values = [r.final.get(key, 0.0) for r in runs]
-        bars = ax_bar.bar(xs, values, width * 0.95, color=[colors[i % len(colors)] for i in range(len(runs))],
-                          alpha=1.0 if j == 0 else 0.55, hatch=None if j == 0 else "//", edgecolor="white",
-                          label=key)
-        for bar, r in zip(bars, runs):
-            if key in r.final:
-                ax_bar.annotate(f"{r.final[key]:.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                                ha="center", va="bottom", fontsize=7)
-    ax_bar.set_xticks(range(len(runs)), [r.name for r in runs], rotation=20 if len(runs) > 3 else 0, fontsize=8)
-    ax_bar.set(title="final evaluation (" + ", ".join(names) + ")", ylim=(0, 1.05))
-    ax_bar.grid(alpha=0.3, axis="y")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
-    return output

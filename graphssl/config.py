@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from graphssl.budget import Budget
 from graphssl.errors import Problem, did_you_mean
 from graphssl.schedules import Scheduled
 
@@ -44,7 +45,9 @@ class DataConfig(Strict):
 class TrainConfig(Strict):
     """Optimisation: AdamW with per-step warm-up + cosine lr, scheduled weight decay."""
 
-    steps: int = Field(ge=1)
+    budget: Optional[Budget] = Field(None, description="instead of steps: {flops: 2e15}, {images: 1e6} or "
+                                                      "{epochs: 3}; sets steps (rounded up) in the dry run")
+    steps: Optional[int] = Field(None, ge=1, validate_default=True, description="training steps (or give a budget)")
     lr: float = Field(gt=0, description="base lr, before the lr_scaling rule")
     lr_scaling: Literal["none", "linear_256", "linear_512", "sqrt_1024"] = "none"
     min_lr: float = Field(0.0, ge=0)
@@ -68,6 +71,19 @@ class TrainConfig(Strict):
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the forward pass")
     compile: bool = Field(False, description="torch.compile every module (first steps are slow)")
     fsdp: bool = Field(False, description="shard parameters with FSDP2 (fully_shard) instead of DDP, under torchrun")
+
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_or_budget(cls, steps: Optional[int], info: ValidationInfo) -> Optional[int]:
+        if "budget" not in info.data:  # the budget itself is invalid: its error says so
+            return steps
+        if steps is not None and info.data["budget"] is not None:
+            raise ValueError(f"train.steps and train.budget are both set (got steps {steps} and a budget); a budget sets "
+                             "the steps: remove one (on the command line: train.steps=null)")
+        if steps is None and info.data["budget"] is None:
+            raise ValueError("give train.steps or train.budget ({flops: ...}, {images: ...} or {epochs: ...}); got neither")
+        return steps
 
 
 class EvalConfig(Strict):

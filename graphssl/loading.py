@@ -6,11 +6,12 @@ was written, for error messages. Validation is :mod:`graphssl.config`'s and the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel
 
 from graphssl.config import SECTION_MODELS, LoadedPipeline, PipelineConfig, line_of
 from graphssl.errors import PipelineError, Problem, did_you_mean
@@ -64,26 +65,32 @@ def _override_known(raw: dict[str, Any], key: str) -> tuple[bool, list[str]]:
             continue
         if i == 0:
             return part in PipelineConfig.model_fields, list(PipelineConfig.model_fields)
-        if i == 1 and parts[0] in SECTION_MODELS:
-            fields = list(SECTION_MODELS[parts[0]].model_fields)
-            return part in fields and len(parts) == 2, fields
+        if i in (1, 2) and parts[0] in SECTION_MODELS:
+            return _section_key(SECTION_MODELS[parts[0]], parts[1:])
         if parts[0] in ("nodes", "vars") and i >= 2:
             return True, []  # a node parameter: the component's schema decides
-        if parts[0] == "stages" and len(parts) == 4 and parts[2] in SECTION_MODELS and i in (2, 3):
-            if i == 2 and not isinstance(node, dict):
-                return False, []
-            fields = list(SECTION_MODELS[parts[2]].model_fields)
-            return parts[3] in fields, fields
-        if parts[0] == "stages" and len(parts) > 3 and parts[2] in SECTION_MODELS and i == 3:
-            fields = list(SECTION_MODELS[parts[2]].model_fields)
-            return part in fields and len(parts) == 4, fields
+        if parts[0] == "stages" and len(parts) > 3 and parts[2] in SECTION_MODELS and i in (2, 3, 4):
+            return _section_key(SECTION_MODELS[parts[2]], parts[3:])  # the stage may not write the section yet
         if parts[0] == "stages" and len(parts) > 3 and parts[2] == "nodes" and i >= 4:
             return True, []
         if parts[0] in SECTION_MODELS and i == 1 and "stages" in raw:
-            fields = list(SECTION_MODELS[parts[0]].model_fields)
-            return part in fields and len(parts) == 2, fields
+            return _section_key(SECTION_MODELS[parts[0]], parts[1:])
         return False, list(node) if isinstance(node, dict) else []
     return True, []
+
+
+def _section_key(model: type[BaseModel], parts: list[str]) -> tuple[bool, list[str]]:
+    """Is ``parts`` (below a section) a key of the section's schema? A field that is itself a model
+    (``train.budget``) takes one more part: ``train.budget.flops``."""
+    fields = list(model.model_fields)
+    if parts[0] not in fields or len(parts) > 2:
+        return False, fields
+    if len(parts) == 1:
+        return True, fields
+    nested = [c for c in (model.model_fields[parts[0]].annotation, *get_args(model.model_fields[parts[0]].annotation))
+              if isinstance(c, type) and issubclass(c, BaseModel)]
+    sub = list(nested[0].model_fields) if nested else []
+    return parts[1] in sub, sub
 
 
 def _first_missing(raw: dict[str, Any], key: str) -> str:
@@ -131,7 +138,7 @@ def load_yaml(path: str | Path, overrides: list[str] = ()) -> LoadedPipeline:
             continue
         known, candidates = _override_known(data, key)
         if not known:
-            hint = did_you_mean(_first_missing(data, key), candidates)
+            hint = did_you_mean(_first_missing(data, key), candidates) or did_you_mean(key.split(".")[-1], candidates)
             problems.append(Problem(key, f"override of a key that does not exist{hint}"))
             continue
         dotlist.append(item)

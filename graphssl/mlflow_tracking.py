@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from graphssl.flops import node_params, run_params
 from graphssl.hooks import RunHook
 from graphssl.instrument import NodeTimer, OutputStats
 from graphssl.tracking import Tracker, flatten
@@ -172,14 +173,22 @@ class MlflowTracking(Tracking):
                 "graphssl.stage": stage.name, "graphssl.fingerprint": stage.fingerprint,
                 "graphssl.pipeline": prepared.cfg.name, "graphssl.global_batch": trainer.global_batch}, parent=self.parent)
             self.tracker.set_tags(self.parent, {f"graphssl.stage.{stage.name}.run": self.stage_run})
-            self.tracker.log_params(self.stage_run, flatten(prepared.loaded.raw))
+            params = flatten(prepared.loaded.raw)
+            if prepared.flops is not None:  # the counted cost, and the steps a budget resolved to
+                params.update(run_params(prepared.flops, trainer.world.size, trainer.data.device))
+            if prepared.budget is not None:
+                params["train.steps"] = str(prepared.cfg.train.steps)
+            self.tracker.log_params(self.stage_run, params)
             self.node_runs = {}
             for name, node in prepared.spec.nodes.items():
                 self.node_runs[name] = self.tracker.create_run(name, {
                     "graphssl.node": name, "graphssl.component": node.type_name,
                     **({"graphssl.call": node.call} if node.call else {})}, parent=self.stage_run)
-                if node.config is not None:
-                    self.tracker.log_params(self.node_runs[name], flatten(node.config.model_dump(mode="json")))
+                params = flatten(node.config.model_dump(mode="json")) if node.config is not None else {}
+                if prepared.flops is not None:
+                    params.update(node_params(prepared.flops, name, trainer.world.size))
+                if params:
+                    self.tracker.log_params(self.node_runs[name], params)
             with tempfile.TemporaryDirectory() as tmp:
                 from graphssl.picture import draw_graph
 
@@ -239,6 +248,8 @@ class MlflowTracking(Tracking):
             if node.call is None and name in trainer.executor.nodes:
                 for key, value in trainer.executor.nodes[name].pop_metrics().items():
                     t.metric(run, key, value, step)
+            if "train_flops" in metrics:  # the compute axis, in every node run too
+                t.metric(run, "train_flops", metrics["train_flops"], step)
             for port in node.cls.outputs:
                 key = f"loss/{name}" if port == "loss" else f"loss/{name}.{port}"
                 if key in metrics:
@@ -253,6 +264,9 @@ class MlflowTracking(Tracking):
                 self.tracker.metric(self.stage_run, key, value, step)
                 if node in self.node_runs:
                     self.tracker.metric(self.node_runs[node], key, value, step)
+            initial = all(k.endswith("_init") for k in metrics)
+            if node in self.node_runs and trainer.flops_per_step and not initial and not self._logs(trainer, step):
+                self.tracker.metric(self.node_runs[node], "train_flops", (step + 1) * trainer.flops_per_step, step)
         self._flush()
 
     def on_checkpoint(self, trainer, path: Path, next_step: int) -> None:

@@ -23,9 +23,11 @@ from pydantic import ValidationError
 
 import graphssl
 from graphssl.artifacts import ModuleLoader
+from graphssl.budget import merge_train
 from graphssl.build import Prepared, dry_run, prepare_loaded
 from graphssl.config import SECTION_MODELS, LoadedPipeline, StagedPipelineConfig, pydantic_problems
 from graphssl.loading import load_yaml
+from graphssl.distributed import World
 from graphssl.errors import PipelineError, Problem, did_you_mean
 
 
@@ -111,6 +113,7 @@ def plan_pipeline(path: str | Path, overrides: list[str] = ()) -> Plan:
         stage = cfg.stages[name]
         stage_raw = {**header, "name": f"{cfg.name}.{name}", "description": stage.description or cfg.description,
                      **{s: {**getattr(cfg, s), **getattr(stage, s)} for s in SECTION_MODELS},
+                     "train": merge_train(cfg.train, stage.train),  # a stage's budget replaces inherited steps
                      "nodes": stage.nodes, "objective": stage.objective}
         sub = LoadedPipeline(loaded.path, stage_raw, loaded.lines, prefix=f"stages.{name}.", overrides=loaded.overrides)
         try:
@@ -142,6 +145,8 @@ def _stage_order(cfg: StagedPipelineConfig, loaded: LoadedPipeline, problems: li
         return []
 
 
-def check_plan(plan: Plan, device: torch.device) -> dict[str, dict[str, dict[str, str]]]:
-    """Dry-run every stage in order (later stages load untrained modules of earlier ones); output shapes per stage."""
-    return {name: dry_run(stage.prepared, device, plan.loader(name, {}, device)) for name, stage in plan.stages.items()}
+def check_plan(plan: Plan, device: torch.device, world: World = World()) -> dict[str, dict[str, dict[str, str]]]:
+    """Dry-run every stage in order (later stages load untrained modules of earlier ones); output shapes per stage.
+    A stage's ``train.budget`` is resolved to steps for ``world`` here."""
+    return {name: dry_run(stage.prepared, device, plan.loader(name, {}, device), world=world)
+            for name, stage in plan.stages.items()}

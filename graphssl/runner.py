@@ -187,7 +187,10 @@ def run(path: str | Path, overrides: list[str] = (), tracking_uri: str | None = 
     for stage in plan.stages.values():
         for w in stage.prepared.warnings:
             log(w.format(plan.source))
-    check_plan(plan, device)
+    check_plan(plan, device, world)
+    for name, stage in plan.stages.items():
+        if stage.prepared.budget is not None:
+            log(f"stage {name}: {stage.prepared.budget.describe()}")
 
     tracking = (MlflowTracking(tracking_uri, experiment or "graphssl", log, register, system_metrics)
                 if world.main else Tracking())

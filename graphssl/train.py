@@ -30,8 +30,10 @@ class NonFiniteLoss(Exception):
 
 class Trainer:
     def __init__(self, cfg: PipelineConfig, executor: Executor, optimizer: torch.optim.Optimizer, data,
-                 hooks: list[RunHook] = (), world: World = World(), forward: nn.Module | None = None):
+                 hooks: list[RunHook] = (), world: World = World(), forward: nn.Module | None = None,
+                 flops_per_step: int | None = None):
         self.cfg = cfg
+        self.flops_per_step = flops_per_step  # counted FLOPs of one step of all processes (graphssl.flops)
         self.executor = executor
         self.world = world
         self.forward = forward or executor  # DistributedDataParallel(executor) under torchrun
@@ -111,6 +113,8 @@ class Trainer:
         for (node, port), value in losses.items():
             metrics[f"loss/{node}" if port == "loss" else f"loss/{node}.{port}"] = value.detach()
         metrics.update({"lr": lr, "weight_decay": wd, "step_time_s": seconds, "images_per_s": self.global_batch / seconds})
+        if self.flops_per_step:  # the compute axis: cumulative counted FLOPs after this step
+            metrics["train_flops"] = float((step + 1) * self.flops_per_step)
         return metrics
 
     def check_finite(self, parameters: bool = False) -> None:

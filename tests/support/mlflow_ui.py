@@ -129,7 +129,8 @@ def close_assistant(page) -> None:
 
 def expand_run(page, run_name: str, child_name: str, timeout_s: float = 60.0) -> None:
     """Unfold a parent run's row in the runs table until its child ``child_name`` shows."""
-    row = page.get_by_role("row").filter(has=page.get_by_text(run_name, exact=True)).first
+    # the row whose run-name link is ``run_name`` (other cells, a pipeline tag say, may show the same text)
+    row = page.get_by_role("row").filter(has=page.get_by_role("link", name=run_name, exact=True)).first
     row.get_by_role("button").first.click()
     wait_for_text(page, child_name, timeout_s)
 
