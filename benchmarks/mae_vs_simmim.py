@@ -67,8 +67,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=str(RESULTS / "mae_vs_simmim.json"))
     p.add_argument("--count-only", action="store_true", help="count FLOPs only and add them to the existing --out file")
     args = p.parse_args(argv)
-    from graphssl.build import check_plan
-    from graphssl.stages import plan_pipeline
+    from graphssl.plan import check_plan, plan_pipeline
 
     set_threads(args.threads)
     device = torch.device(args.device)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -98,15 +98,9 @@ def merge_train(inherited: dict[str, Any], own: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def training_images(data_cfg) -> int:
-    """The number of training images a run reads (after ``data.limit``)."""
-    from graphssl.data import load_split
-
-    return len(load_split(data_cfg, "train", data_cfg.limit))
-
-
-def apply_budget(prepared, world_size: int = 1) -> ResolvedBudget | None:
-    """Set ``prepared.cfg.train.steps`` from its budget and the step's counted FLOPs (``prepared.flops``)."""
+def apply_budget(prepared, world_size: int = 1, training_images: Callable[[], int] = lambda: 0) -> ResolvedBudget | None:
+    """Set ``prepared.cfg.train.steps`` from its budget and the step's counted FLOPs (``prepared.flops``);
+    ``training_images()``: the size of the training set (asked only for an epochs budget)."""
     from graphssl.errors import PipelineError
 
     cfg = prepared.cfg
@@ -114,7 +108,7 @@ def apply_budget(prepared, world_size: int = 1) -> ResolvedBudget | None:
     if budget is None:
         return None
     global_batch = cfg.data.batch_size * world_size
-    steps_per_epoch = training_images(cfg.data) // global_batch if budget.kind == "epochs" else None
+    steps_per_epoch = training_images() // global_batch if budget.kind == "epochs" else None
     try:
         resolved = resolve(budget, prepared.flops.total * world_size, global_batch, steps_per_epoch)
     except ValueError as e:

@@ -155,7 +155,7 @@ def dry_run(prepared: Prepared, device: torch.device, loader=None, batch_size: i
             raise PipelineError([prepared.loaded.problem("nodes", f"dry run: after_step: {type(e).__name__}: {e}")],
                                 prepared.source) from None
     prepared.flops = counter.result(batch_size)
-    apply_budget(prepared, world.size)
+    apply_budget(prepared, world.size, lambda: load_data(prepared, device).train_images)
     return trace.shapes
 
 

@@ -95,7 +95,7 @@ def log_dataset_input(tracker, run_id: str, data) -> None:
     root, files = source_files(cfg)
     listing = "\n".join(f"{p.relative_to(root) if root else p}\t{p.stat().st_size}" for p in files)
     digest = hashlib.sha256(listing.encode()).hexdigest()[:16]
-    profile = {"train_images": len(data.train), "files": len(files), "limit": cfg.limit, "image_size": cfg.image_size,
+    profile = {"train_images": data.train_images, "files": len(files), "limit": cfg.limit, "image_size": cfg.image_size,
                "channels": cfg.channels, "normalize": cfg.normalize}
     dataset = Dataset(name=cfg.dataset, digest=digest, source_type="local", source=json.dumps({"uri": str(root or "")}),
                       profile=json.dumps(profile))

@@ -98,20 +98,31 @@ def position(progress: Progress, per: str) -> tuple[int, int]:
     return progress.step // steps_per_epoch, -(-progress.total_steps // steps_per_epoch)
 
 
+def _continuous(value: "Schedule", index: int, count: int) -> float:
+    """graphssl's convention: t = index / (count - 1) / over, so the ramp ends exactly at ``end``."""
+    t = index / max(1, count - 1) / value.over
+    return (cosine_ramp if value.shape == "cosine" else linear_ramp)(value.start, value.end, t)
+
+
+def _points(value: "Schedule", index: int, count: int) -> float:
+    """DINO's convention: the ramp is an array of round(over * count) points, then the value holds at ``end``."""
+    n = max(1, round(value.over * count))
+    if index >= n:
+        return float(value.end)
+    return (dino_cosine if value.shape == "cosine" else dino_linspace)(value.start, value.end, index, n)
+
+
+CONVENTIONS = {"graphssl": _continuous, "dino": _points}  # Schedule.convention -> value(schedule, index, count)
+WARMUPS = {"graphssl": lambda step, n, peak: peak * step / n,  # MAE's rule: peak * step / warmup
+           "dino": lambda step, n, peak: dino_linspace(0.0, peak, step, n)}  # linspace(0, peak, warmup)
+
+
 def value_at(value: Scheduled, progress: Progress) -> float:
     """The value of a number or a Schedule at ``progress``."""
     if not isinstance(value, Schedule):
         return float(value)
     index, count = position(progress, value.per)
-    if value.convention == "dino":
-        n = max(1, round(value.over * count))  # the ramp's points; then the value holds at end
-        if index >= n:
-            return float(value.end)
-        ramp = dino_cosine if value.shape == "cosine" else dino_linspace
-        return ramp(value.start, value.end, index, n)
-    t = index / max(1, count - 1) / value.over
-    ramp = cosine_ramp if value.shape == "cosine" else linear_ramp
-    return ramp(value.start, value.end, t)
+    return CONVENTIONS[value.convention](value, index, count)
 
 
 def warmup_cosine_lr(step: int, total_steps: int, peak: float, warmup_steps: int, min_lr: float = 0.0,
@@ -125,9 +136,7 @@ def warmup_cosine_lr(step: int, total_steps: int, peak: float, warmup_steps: int
     first cosine step repeats it); the cosine is the same.
     """
     if step < warmup_steps:
-        if convention == "dino":
-            return dino_linspace(0.0, peak, step, warmup_steps)
-        return peak * step / warmup_steps
+        return WARMUPS[convention](step, warmup_steps, peak)
     span = max(1, total_steps - warmup_steps)
     return min_lr + (peak - min_lr) * 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / span))
 

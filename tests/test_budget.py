@@ -7,14 +7,13 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from conftest import PIPELINES, graphssl_cmd
+from conftest import PIPELINES, graphssl_cmd, stage_run
 from graphssl.budget import Budget, merge_train, resolve
-from graphssl.build import check_plan
+from graphssl.plan import check_plan, plan_pipeline
 from graphssl.cli import main
 from graphssl.compare import RunSummary, find_runs
 from graphssl.compare_plot import figure
 from graphssl.runner import run
-from graphssl.stages import plan_pipeline
 
 TINY = ["device=cpu", "data.batch_size=8", "data.limit=64", "eval.limit=20", "train.log_every=1", "train.steps=null"]
 TINY_MAE = [*TINY, "nodes.encoder.depth=1", "nodes.decoder.depth=1"]
@@ -91,8 +90,9 @@ def test_two_pipelines_at_one_flops_budget_end_within_one_step_of_it(equal_compu
     uri, ids, costs, budget, _ = equal_compute
     client = MlflowClient(uri)
     finals = {}
-    for name, run_id in ids.items():
-        run = client.get_run(run_id)
+    for name, parent_id in ids.items():
+        run = stage_run(client, client.get_run(parent_id))  # the curves and the counts are the stage run's
+        run_id = run.info.run_id
         per_step = int(run.data.params["flops_per_step"])
         assert per_step == costs[name]
         steps = int(run.data.params["train.steps"])  # the resolved steps are logged
@@ -111,7 +111,8 @@ def test_two_pipelines_at_one_flops_budget_end_within_one_step_of_it(equal_compu
         assert float(encoder.data.params["flops_per_image"]) > 0
         assert encoder.data.metrics["train_flops"] == finals[name]
     assert abs(finals["mae"] - finals["simmim"]) <= max(costs.values())
-    assert int(client.get_run(ids["mae"]).data.params["train.steps"]) > int(client.get_run(ids["simmim"]).data.params["train.steps"])
+    steps = {name: int(stage_run(client, client.get_run(i)).data.params["train.steps"]) for name, i in ids.items()}
+    assert steps["mae"] > steps["simmim"]
 
 
 @pytest.mark.slow
@@ -126,7 +127,7 @@ def test_compare_draws_both_runs_on_one_flops_axis(equal_compute, capsys):
         xs = list(lines[r.label].get_xdata())
         assert xs == [(s + 1) * costs[name] for s in range(r.steps)]  # the curve against cumulative FLOPs
         assert budget <= xs[-1] < budget + costs[name]
-        knn = [line for line in top1_axis.get_lines() if line.get_label() == f"{r.label} k-NN"][0]
+        knn = [line for line in top1_axis.get_lines() if line.get_label() == f"{r.label} knn_top1"][0]
         assert list(knn.get_xdata()) == [0.0, xs[-1]]  # at initialisation, then at the end
     ends = [line.get_xdata()[-1] for line in lines.values()]
     assert abs(ends[0] - ends[1]) <= max(costs.values())
@@ -162,11 +163,12 @@ def test_a_budget_run_is_the_run_with_its_resolved_steps(tmp_path, monkeypatch):
     ids = [run(PIPELINES / "mae.yaml", [*TINY_MAE, extra, "train.warmup=0.5"], tracking_uri=uri, experiment="same",
                log=lambda *a: None) for extra in ("train.budget.images=20", "train.steps=3")]  # ceil(20 / 8) = 3
     client = MlflowClient(uri)
-    losses = [[(m.step, m.value) for m in sorted(client.get_metric_history(i, "loss"), key=lambda m: m.step)] for i in ids]
-    lrs = [[m.value for m in sorted(client.get_metric_history(i, "lr"), key=lambda m: m.step)] for i in ids]
+    stages = [stage_run(client, client.get_run(i)).info.run_id for i in ids]
+    losses = [[(m.step, m.value) for m in sorted(client.get_metric_history(i, "loss"), key=lambda m: m.step)] for i in stages]
+    lrs = [[m.value for m in sorted(client.get_metric_history(i, "lr"), key=lambda m: m.step)] for i in stages]
     assert len(losses[0]) == 3 and losses[0] == losses[1] and lrs[0] == lrs[1]
-    assert client.get_run(ids[0]).data.params["train.steps"] == "3"
-    assert client.get_run(ids[0]).data.params["train.budget.images"] == "20"
+    assert client.get_run(stages[0]).data.params["train.steps"] == "3"
+    assert client.get_run(stages[0]).data.params["train.budget.images"] == "20"
 
 
 @pytest.mark.slow
@@ -177,8 +179,9 @@ def test_under_two_processes_a_budget_counts_both(workdir):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "train.budget.images=40 -> 3 steps (16 images per step" in result.stdout  # ceil(40 / 16)
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    (run,) = [r for r in client.search_runs([client.get_experiment_by_name("graphssl").experiment_id])
-              if "mlflow.parentRunId" not in r.data.tags]
+    (parent,) = [r for r in client.search_runs([client.get_experiment_by_name("graphssl").experiment_id])
+                 if "mlflow.parentRunId" not in r.data.tags]
+    run = stage_run(client, parent)
     params = run.data.params
     assert params["train.steps"] == "3" and params["global_batch"] == "16" and params["world_size"] == "2"
     plan = plan_pipeline(PIPELINES / "mae.yaml", [*TINY_MAE, "train.budget.images=40"])

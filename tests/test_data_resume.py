@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 
 import pytest
 import torch
 
-from conftest import PIPELINES, graphssl_cmd
+from mlflow import MlflowClient
+
+from conftest import PIPELINES, graphssl_cmd, trained_modules_file
 from graphssl import checkpoint
 from imagegen import make_folder
 
@@ -23,25 +24,27 @@ def test_folder_run_with_workers_resumes_bit_exact_after_sigkill(workdir):
     done = subprocess.run(graphssl_cmd("run", pipeline, *overrides), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     (reference,) = {p.name for p in (workdir / "checkpoints").iterdir()}
-    proc = subprocess.Popen(graphssl_cmd("run", pipeline, *overrides), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(graphssl_cmd("run", pipeline, *overrides), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            new = {p.name for p in (workdir / "checkpoints").iterdir()} - {reference}
-            if new and (workdir / "checkpoints" / next(iter(new)) / "mae.state.pt").exists():
+        for line in proc.stdout:  # "step 3/6" is printed after the checkpoint of steps 0-1 was written
+            seen.append(line)
+            if line.startswith("step 3/"):
+                proc.send_signal(signal.SIGKILL)
                 break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
     finally:
+        proc.kill()
         proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)[-2000:]
     (killed,) = {p.name for p in (workdir / "checkpoints").iterdir()} - {reference}
-    state = checkpoint.load(workdir / "checkpoints" / killed / "mae.state.pt")
-    assert state["step"] < 6
+    state = checkpoint.load(checkpoint.latest_checkpoints(workdir / "checkpoints" / killed)["mae"])
+    assert 2 <= state["step"] < 6
     resumed = subprocess.run(graphssl_cmd("run", pipeline, *overrides, "--resume", killed), capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a = torch.load(workdir / "checkpoints" / reference / "mae.modules.pt", weights_only=False)["nodes"]
-    b = torch.load(workdir / "checkpoints" / killed / "mae.modules.pt", weights_only=False)["nodes"]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    a = torch.load(trained_modules_file(client, client.get_run(reference), workdir), weights_only=True)["nodes"]
+    b = torch.load(trained_modules_file(client, client.get_run(killed), workdir), weights_only=True)["nodes"]
     for node in a:
         for key, value in a[node]["state_dict"].items():
             assert torch.equal(value, b[node]["state_dict"][key]), f"{node}.{key} differs after resume"

@@ -95,6 +95,6 @@ def test_readme_component_plugs_into_the_readme_pipeline_through_graphssl_check(
     small = ["nodes.encoder.depth=1", "nodes.decoder.depth=1", "device=cpu"]
     assert main(["check", str(tmp_path / "my_mim.yaml"), *small]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
-    assert "dry run on a tiny batch passed" in out and "loss.smooth_l1_masked" in out
+    assert "dry run of one training step passed" in out and "loss.smooth_l1_masked" in out
     assert str(origin("loss.smooth_l1_masked")) == f"file {(tmp_path / 'my_losses.py').resolve()}"
     assert get("loss.smooth_l1_masked").Config().beta == 1.0

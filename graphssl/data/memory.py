@@ -169,6 +169,11 @@ class MemoryData:
         return self.order.steps_per_epoch
 
     @property
+    def train_images(self) -> int:
+        """How many training images a run reads (after ``data.limit``)."""
+        return self.order.n
+
+    @property
     def num_classes(self) -> int:
         return int(self.train.labels.max()) + 1
 

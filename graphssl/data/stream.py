@@ -212,6 +212,11 @@ class StreamingData:
         return self.order.steps_per_epoch
 
     @property
+    def train_images(self) -> int:
+        """How many training images a run reads (after ``data.limit``)."""
+        return self.order.n
+
+    @property
     def num_classes(self) -> int:
         return len(self.train_source.classes)
 
