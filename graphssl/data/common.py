@@ -1,6 +1,7 @@
 """What every data path shares: errors, normalisation constants, labelled image sets, statistics."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -62,3 +63,19 @@ def fixed_normalization(name: str, channels: int) -> tuple[tuple[float, ...], tu
 def chunks(n: int, size: int) -> Iterator[slice]:
     for i in range(0, n, size):
         yield slice(i, min(n, i + size))
+
+
+def default_workers() -> int:
+    """Loader workers per process: the CPUs this process may use, shared with the other local processes, less one."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(16, cpus // max(1, local) - 1))
+
+
+def own_generator() -> torch.Generator:
+    """A DataLoader's own generator: creating its iterator would otherwise draw from the global RNG (which the
+    training graph uses, and checkpoints restore), so a resumed run would drift from an uninterrupted one."""
+    return torch.Generator().manual_seed(0)

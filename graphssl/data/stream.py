@@ -17,7 +17,6 @@ crop plans receive the same views.
 """
 from __future__ import annotations
 
-import os
 import sys
 from typing import Iterator
 
@@ -26,7 +25,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from graphssl.config import DataConfig
-from graphssl.data.common import (EVAL_SEED, BadImage, DatasetMissing, ImageSet, channel_statistics,
+from graphssl.data.common import (EVAL_SEED, BadImage, DatasetMissing, ImageSet, channel_statistics, default_workers,
+                                  own_generator,
                                   fixed_normalization)
 from graphssl.data.decode import decode
 from graphssl.data.sampler import BatchOrder, StepBatches
@@ -38,22 +38,6 @@ from graphssl.ops.crops import CropPlan
 STATS_IMAGES = 1000  # normalize: dataset reads its statistics from this many random training images
 SUBSTITUTE_STRIDE = 7919  # a skipped training image is replaced by the image this many positions on
 EVAL_BATCH = 128
-
-
-def default_workers() -> int:
-    """Loader workers per process: the CPUs this process may use, shared with the other local processes, less one."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, min(16, cpus // max(1, local) - 1))
-
-
-def own_generator() -> torch.Generator:
-    """A DataLoader's own generator: creating its iterator would otherwise draw from the global RNG (which the
-    training graph uses, and checkpoints restore), so a resumed run would drift from an uninterrupted one."""
-    return torch.Generator().manual_seed(0)
 
 
 def crop_plans(spec, image_size: int) -> tuple[tuple[CropPlan, ...], bool]:
