@@ -12,7 +12,23 @@ EXIT_INVALID = 2
 
 
 def _print_problems(err: PipelineError) -> None:
-    print(err.format(), file=sys.stderr)
+    from graphssl.redact import scrub
+
+    print(scrub(err.format()), file=sys.stderr)
+
+
+def count(minimum: int):
+    """An argparse type: an integer of at least ``minimum`` (argparse then exits with 2 and says why)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 LAUNCH_FLAGS = ("--nproc-per-node", "--nnodes", "--rdzv-endpoint", "--node-rank")
@@ -64,7 +80,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from graphssl.distributed import launch
         from graphssl.plan import plan_pipeline
 
-        plan_pipeline(args.pipeline, args.overrides)  # report a broken pipeline once, before any process starts
+        processes = (args.nproc_per_node or 1) * (args.nnodes or 1)
+        plan_pipeline(args.pipeline, args.overrides, processes)  # report a broken pipeline once, before any process starts
         return launch(_without_launch_flags(args.argv), args.nproc_per_node or 1, args.nnodes or 1,
                       args.rdzv_endpoint, args.node_rank)
 
@@ -135,8 +152,13 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_new(args: argparse.Namespace) -> int:
+    from graphssl.names import identifier_problem
     from graphssl.scaffold import NewPipelineError, new_pipeline
 
+    bad_name = identifier_problem(args.name, "the new pipeline's name")
+    if bad_name:  # a name, not a path: the copy is ./NAME.yaml
+        print(f"error: {bad_name} (it is written to ./NAME.yaml)", file=sys.stderr)
+        return EXIT_INVALID
     try:
         written = new_pipeline(args.name, args.source)
     except NewPipelineError as e:
@@ -194,10 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", help="name of the parent run (default: the pipeline's name)")
     p.add_argument("--force", action="store_true", help="retrain every stage, even unchanged ones")
     p.add_argument("--resume", metavar="RUN_ID_OR_PATH", help="continue a stopped run from its last checkpoint")
-    p.add_argument("--nproc-per-node", type=int, help="processes per machine (DDP through torchrun; gloo on CPU, NCCL on GPU)")
-    p.add_argument("--nnodes", type=int, help="machines taking part (run the same command on each)")
+    p.add_argument("--nproc-per-node", type=count(1), help="processes per machine (DDP through torchrun; gloo on CPU, NCCL on GPU)")
+    p.add_argument("--nnodes", type=count(1), help="machines taking part (run the same command on each)")
     p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="rendezvous of a multi-machine run")
-    p.add_argument("--node-rank", type=int, help="this machine's rank in a multi-machine run")
+    p.add_argument("--node-rank", type=count(0), help="this machine's rank in a multi-machine run")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="validate a pipeline and dry-run it on a tiny batch; trains nothing")
@@ -213,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs (ids, id prefixes or run names); default: the newest finished runs")
     p.add_argument("--experiment", default="graphssl", help="MLflow experiment name (default: graphssl)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    p.add_argument("--last", type=int, default=10, help="without RUN_IDs: how many of the newest runs (default 10)")
+    p.add_argument("--last", type=count(1), default=10, help="without RUN_IDs: how many of the newest runs (default 10)")
     p.add_argument("-o", "--output", help="write the picture here (png, svg, pdf)")
     p.set_defaults(func=cmd_compare)
 
@@ -221,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("new", help="copy a shipped pipeline to ./NAME.yaml, to edit")
-    p.add_argument("name", help="the new pipeline's name (or a path ending in .yaml)")
+    p.add_argument("name", help="the new pipeline's name (letters, digits, _ and -): written to ./NAME.yaml")
     p.add_argument("--from", dest="source", required=True, metavar="PIPELINE",
                    help="a shipped pipeline (mae, ibot, ...) or a pipeline file")
     p.set_defaults(func=cmd_new)
@@ -268,15 +290,17 @@ def main(argv: list[str] | None = None) -> int:
 
         from graphssl.tracking import TrackingError
 
+        from graphssl.redact import scrub
+
         if isinstance(err, (CheckpointError, TrackingError)):
-            print(f"error: {err}", file=sys.stderr)
+            print(scrub(f"error: {err}"), file=sys.stderr)
             return EXIT_INVALID
         if isinstance(err, Stopped):
             print(f"stopped: checkpoint written at step {err.step} ({err.checkpoint})", file=sys.stderr)
             return 130
         if os.environ.get("GRAPHSSL_DEBUG"):
             raise
-        print(f"error: {err}\n(set GRAPHSSL_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(scrub(f"error: {err or type(err).__name__}\n(set GRAPHSSL_DEBUG=1 for the traceback)"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

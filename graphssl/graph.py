@@ -17,6 +17,7 @@ from graphssl import registry
 from graphssl.component import Component, ComponentConfig, In, Out
 from graphssl.config import LoadedPipeline, pydantic_problems
 from graphssl.errors import Problem, did_you_mean
+from graphssl.names import identifier_problem
 from graphssl.ports import IMAGES, LOSS, PortType
 
 SOURCE = "batch"
@@ -133,8 +134,8 @@ def build_graph(loaded: LoadedPipeline, nodes: dict[str, dict[str, Any]], object
         if not isinstance(name, str):
             problems.append(P(path, f"a node name is a word, got {name!r}"))
             continue
-        if "." in name:
-            problems.append(P(path, "node names cannot contain '.' (it separates node and port)"))
+        if (bad_name := identifier_problem(name, "a node name")) is not None:  # '.' separates node and port
+            problems.append(P(path, bad_name))
             continue
         has_type, has_call = "type" in body, "call" in body
         if has_type == has_call:

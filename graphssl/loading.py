@@ -5,6 +5,8 @@ was written, for error messages. Validation is :mod:`graphssl.config`'s and the 
 """
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from graphssl.config import SECTION_MODELS, LoadedPipeline, PipelineConfig, line_of
 from graphssl.errors import PipelineError, Problem, did_you_mean
+from graphssl.redact import remember, scrub
 
 
 def yaml_lines(text: str, duplicates: list[Problem] | None = None) -> dict[str, int]:
@@ -96,19 +99,99 @@ def _first_missing(raw: dict[str, Any], key: str) -> str:
     return key.split(".")[-1]
 
 
+MAX_FILE_BYTES = 1_000_000
+MAX_DEPTH = 50  # mappings and lists inside each other
+MAX_VALUES = 20_000  # values in the file once every alias (*name) is expanded
+
+
+def structure_problem(text: str) -> Problem | None:
+    """A file too deep or too large once its aliases are expanded (a YAML "billion laughs"), found on
+    PyYAML's event stream, before anything is built from it: no recursion, stops at the first excess.
+
+    A syntax error is left to the parser's own report (None).
+    """
+    stack: list[list] = []  # per open mapping or list: [anchor, values inside it]
+    anchors: dict[str, int] = {}
+    total = 0
+
+    def add(count: int, anchor: str | None, mark) -> Problem | None:
+        nonlocal total
+        if anchor:
+            anchors[anchor] = count
+        if stack:
+            stack[-1][1] += count
+        total += 0 if stack else count
+        if (stack[-1][1] if stack else total) > MAX_VALUES:
+            return Problem("", f"the file holds more than {MAX_VALUES} values once its aliases (*name) are expanded "
+                               f"(at line {mark.line + 1}); a pipeline needs far fewer", mark.line + 1)
+        return None
+
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            found = None
+            if isinstance(event, yaml.CollectionStartEvent):
+                stack.append([event.anchor, 1])
+                if len(stack) > MAX_DEPTH:
+                    line = event.start_mark.line + 1
+                    return Problem("", f"mappings and lists are nested more than {MAX_DEPTH} deep (at line {line})", line)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                anchor, count = stack.pop()
+                found = add(count, anchor, event.start_mark)
+            elif isinstance(event, yaml.ScalarEvent):
+                found = add(1, event.anchor, event.start_mark)
+            elif isinstance(event, yaml.AliasEvent):
+                found = add(anchors.get(event.anchor, 1), None, event.start_mark)
+            if found is not None:
+                return found
+    except yaml.YAMLError:
+        return None
+    return None
+
+
+def read_text(path: str | Path, source: str) -> str:
+    """The file's text, refused beyond MAX_FILE_BYTES (read no further than that: a FIFO or /dev/zero too)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise PipelineError([Problem("", f"cannot read the pipeline file: {e.strerror}")], source) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise PipelineError([Problem("", f"the pipeline file is larger than {MAX_FILE_BYTES // 1_000_000} MB; "
+                                         "a pipeline is a few kB")], source)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PipelineError([Problem("", f"cannot read the pipeline file: not UTF-8 text ({e.reason})")], source) from None
+
+
+def parse_override(item: str) -> tuple[str, Problem | None]:
+    """(key, problem) of one ``key=value`` override; its value is read as YAML, like OmegaConf does."""
+    key, _, value = item.partition("=")
+    if len(value) > MAX_FILE_BYTES:
+        return key, Problem(key, f"override value of {len(value)} characters; the limit is {MAX_FILE_BYTES}")
+    found = structure_problem(value)
+    if found is not None:
+        return key, Problem(key, f"override value: {found.message}")
+    try:
+        OmegaConf.from_dotlist([item])
+    except Exception as e:  # yaml or omegaconf: the first line says what is wrong, the key says where
+        what = (getattr(e, "problem", None) or str(e).splitlines()[0]).strip()
+        return key, Problem(key, f"cannot read the override value {value!r}: {what}")
+    return key, None
+
+
 def load_yaml(path: str | Path, overrides: list[str] = ()) -> LoadedPipeline:
     """Parse the file, apply ``key=value`` overrides and resolve interpolation.
 
     Raises PipelineError (every problem at once) on a syntax error, a bad
-    override or a broken interpolation.
+    override or a broken interpolation. Values that come from the environment
+    (``${oc.env:NAME}``) are recorded so that they are masked wherever graphssl writes.
     """
     source = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise PipelineError([Problem("", f"cannot read the pipeline file: {e.strerror}")], source) from None
-    except UnicodeDecodeError as e:
-        raise PipelineError([Problem("", f"cannot read the pipeline file: not UTF-8 text ({e.reason})")], source) from None
+    text = read_text(path, source)
+    too_big = structure_problem(text)
+    if too_big is not None:
+        raise PipelineError([too_big], source)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -134,17 +217,93 @@ def load_yaml(path: str | Path, overrides: list[str] = ()) -> LoadedPipeline:
             hint = did_you_mean(_first_missing(data, key), candidates)
             problems.append(Problem(key, f"override of a key that does not exist{hint}"))
             continue
+        _, unreadable = parse_override(item)
+        if unreadable is not None:
+            problems.append(unreadable)
+            continue
         dotlist.append(item)
     if problems:
         raise PipelineError(problems, source)
+    remember(environment_values(data, dotlist))  # before resolving: its errors may quote them
     try:
         conf = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(stage_dotlist(data, dotlist)))
+        written = OmegaConf.to_container(conf, resolve=False)
         resolved = OmegaConf.to_container(conf, resolve=True)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "") or ""
-        msg = str(e).splitlines()[0]
+        msg = scrub(str(e).splitlines()[0])
         raise PipelineError([Problem(str(key), f"cannot resolve: {msg}", line_of(lines, str(key)))], source) from None
-    return LoadedPipeline(source, resolved, lines, overrides=dotlist)
+    secrets = environment_paths(written, resolved, environment_values(data, dotlist))
+    values = {str(v) for v in _values_at(resolved, secrets)}
+    remember(values)
+    return LoadedPipeline(source, resolved, lines, overrides=dotlist, written=written, secrets=secrets,
+                          secret_values=frozenset(values))
+
+
+ENV_REFERENCE = re.compile(r"oc\.env\s*:\s*['\"]?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def environment_values(data: Any, dotlist: list[str] = ()) -> set[str]:
+    """The values of the environment variables that ``${oc.env:NAME}`` interpolations in the file
+    (or the overrides) name; unset ones have none."""
+    names: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+        elif isinstance(value, str) and "oc.env" in value:
+            names.update(ENV_REFERENCE.findall(value))
+
+    walk(data)
+    walk(list(dotlist))
+    return {os.environ[n] for n in names if os.environ.get(n)}
+
+
+def environment_paths(written: Any, resolved: Any, env_values: set[str], path: str = "",
+                      interpolated: bool = False) -> frozenset[str]:
+    """Dotted paths of the resolved values that came from the environment: those written with
+    ``oc.env``, and interpolations (``${vars.token}``) whose resolved text holds an environment
+    value that the file reads. Masking a few values too many is safe; one too few is not."""
+    found: set[str] = set()
+    if isinstance(written, str) and "${" in written:
+        if "oc.env" in written:
+            return frozenset({path}) if path else frozenset()
+        interpolated = True
+    if isinstance(resolved, dict):
+        for key, value in resolved.items():
+            sub = f"{path}.{key}" if path else str(key)
+            inner = written.get(key) if isinstance(written, dict) else None
+            found |= environment_paths(inner, value, env_values, sub, interpolated)
+    elif isinstance(resolved, list):
+        for i, value in enumerate(resolved):
+            inner = written[i] if isinstance(written, list) and i < len(written) else None
+            found |= environment_paths(inner, value, env_values, f"{path}.{i}", interpolated)
+    elif interpolated and any(v in str(resolved) for v in env_values):
+        found.add(path)
+    return frozenset(found)
+
+
+def _values_at(resolved: Any, paths: frozenset[str]) -> list[Any]:
+    """The leaf values at (or under) ``paths``."""
+    out = []
+
+    def walk(value: Any, path: str, inside: bool) -> None:
+        inside = inside or path in paths
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{path}.{k}" if path else str(k), inside)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{path}.{i}", inside)
+        elif inside and value is not None:
+            out.append(value)
+
+    walk(resolved, "", False)
+    return out
 
 
 def stage_dotlist(data: dict[str, Any], dotlist: list[str]) -> list[str]:
