@@ -135,7 +135,7 @@ def build_graph(loaded: LoadedPipeline, nodes: dict[str, dict[str, Any]], object
             problems.append(P(path, f"a node name is a word, got {name!r}"))
             continue
         if (bad_name := identifier_problem(name, "a node name")) is not None:  # '.' separates node and port
-            problems.append(P(path, bad_name))
+            problems.append(P("nodes", bad_name))
             continue
         has_type, has_call = "type" in body, "call" in body
         if has_type == has_call:

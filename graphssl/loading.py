@@ -48,6 +48,8 @@ def yaml_lines(text: str, duplicates: list[Problem] | None = None) -> dict[str, 
                 lines[f"{path}.{i}"] = item.start_mark.line + 1
                 walk(item, f"{path}.{i}")
 
+    if structure_problem(text) is not None:
+        return lines  # too deep or too large to walk (an alias bomb)
     try:
         root = yaml.compose(text)
     except yaml.YAMLError:
@@ -101,51 +103,85 @@ def _first_missing(raw: dict[str, Any], key: str) -> str:
 
 MAX_FILE_BYTES = 1_000_000
 MAX_DEPTH = 50  # mappings and lists inside each other
-MAX_VALUES = 20_000  # values in the file once every alias (*name) is expanded
+MAX_VALUES = 20_000  # values in the file, an alias (*name) counting as the values it stands for
 
 
 def structure_problem(text: str) -> Problem | None:
-    """A file too deep or too large once its aliases are expanded (a YAML "billion laughs"), found on
-    PyYAML's event stream, before anything is built from it: no recursion, stops at the first excess.
+    """A file nested too deep or too large once its aliases are expanded (a YAML "billion laughs"),
+    found on PyYAML's event stream before anything is built from it: no recursion, and it stops at
+    the first excess. The problem's path is where it happens (its first levels, at their line).
 
     A syntax error is left to the parser's own report (None).
     """
-    stack: list[list] = []  # per open mapping or list: [anchor, values inside it]
-    anchors: dict[str, int] = {}
-    total = 0
+    frames: list[_Frame] = []  # the open mappings and lists, outermost first
+    anchors: dict[str, int] = {}  # anchor -> values in the anchored node
 
-    def add(count: int, anchor: str | None, mark) -> Problem | None:
-        nonlocal total
+    def where(levels: list[_Frame], message: str, line: int) -> Problem:
+        parts, key_line = [], None
+        for frame in levels[:3]:  # the mapping keys that lead there, up to the first list
+            if not frame.mapping or frame.key is None:
+                break
+            parts.append(str(frame.key))
+            key_line = frame.key_line
+        return Problem(".".join(parts), message, key_line or line)
+
+    def add(count: int, anchor: str | None, line: int) -> Problem | None:
+        """A node of ``count`` values is complete in the innermost open collection."""
         if anchor:
             anchors[anchor] = count
-        if stack:
-            stack[-1][1] += count
-        total += 0 if stack else count
-        if (stack[-1][1] if stack else total) > MAX_VALUES:
-            return Problem("", f"the file holds more than {MAX_VALUES} values once its aliases (*name) are expanded "
-                               f"(at line {mark.line + 1}); a pipeline needs far fewer", mark.line + 1)
+        if not frames:
+            return None
+        top = frames[-1]
+        top.count += count
+        if top.count > MAX_VALUES:
+            return where(frames[:-1], f"more than {MAX_VALUES} values (line {line}; an alias *name counts "
+                                      "as the values it stands for); a pipeline needs far fewer", line)
+        top.advance()
         return None
 
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            line = event.start_mark.line + 1
             found = None
+            if isinstance(event, yaml.ScalarEvent) and frames and frames[-1].mapping and frames[-1].expects_key:
+                frames[-1].key, frames[-1].key_line = event.value, line
+                frames[-1].count += 1
+                frames[-1].expects_key = False
+                continue
             if isinstance(event, yaml.CollectionStartEvent):
-                stack.append([event.anchor, 1])
-                if len(stack) > MAX_DEPTH:
-                    line = event.start_mark.line + 1
-                    return Problem("", f"mappings and lists are nested more than {MAX_DEPTH} deep (at line {line})", line)
+                frames.append(_Frame(isinstance(event, yaml.MappingStartEvent), event.anchor))
+                if len(frames) > MAX_DEPTH:
+                    return where(frames, f"mappings and lists nested more than {MAX_DEPTH} deep (line {line})", line)
             elif isinstance(event, yaml.CollectionEndEvent):
-                anchor, count = stack.pop()
-                found = add(count, anchor, event.start_mark)
+                frame = frames.pop()
+                found = add(frame.count, frame.anchor, line)
             elif isinstance(event, yaml.ScalarEvent):
-                found = add(1, event.anchor, event.start_mark)
+                found = add(1, event.anchor, line)
             elif isinstance(event, yaml.AliasEvent):
-                found = add(anchors.get(event.anchor, 1), None, event.start_mark)
+                found = add(anchors.get(event.anchor, 1), None, line)
             if found is not None:
                 return found
     except yaml.YAMLError:
         return None
     return None
+
+
+class _Frame:
+    """An open mapping or list while scanning events: where in it the next node goes, and its size so far."""
+
+    def __init__(self, mapping: bool, anchor: str | None):
+        self.mapping, self.anchor, self.count = mapping, anchor, 1
+        self.key: str | None = None
+        self.key_line: int | None = None
+        self.index: int | None = None if mapping else 0
+        self.expects_key = mapping
+
+    def advance(self) -> None:
+        """A value is complete: a mapping expects a key, a list its next item."""
+        if self.mapping:
+            self.expects_key = True
+        else:
+            self.index += 1
 
 
 def read_text(path: str | Path, source: str) -> str:

@@ -119,6 +119,8 @@ def plan_pipeline(path: str | Path, overrides: list[str] = (), processes: int | 
     stages: dict[str, Stage] = {}
     header = {k: v for k, v in raw.items() if k not in ("stages", *SECTION_MODELS)}
     for name in order:
+        if identifier_problem(name, "a stage name"):
+            continue  # reported above; its paths would not be paths
         stage = cfg.stages[name]
         stage_raw = {**header, "name": f"{cfg.name}.{name}", "description": stage.description or cfg.description,
                      **{s: {**getattr(cfg, s), **getattr(stage, s)} for s in SECTION_MODELS},
@@ -146,7 +148,7 @@ def _name_problems(loaded: LoadedPipeline) -> list[Problem]:
     if isinstance(raw.get("stages"), dict):
         for stage in raw["stages"]:
             if bad := identifier_problem(stage, "a stage name"):
-                problems.append(loaded.problem(f"stages.{stage}" if isinstance(stage, str) else "stages", bad))
+                problems.append(loaded.problem("stages", bad))
     return problems
 
 
