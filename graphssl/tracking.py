@@ -297,9 +297,9 @@ class Tracker:
                     self.refused.append((run_id, point))
             if not kept:
                 self.refused_keys.add((run_id, key))
+            later = "; so are its later points" if not kept else ""
             self.warn(f"warning: the tracking store refused {len(points) - kept} point(s) of the metric {key!r} "
-                      f"of run {run_id} ({reason[:300]}); the other metrics are logged, and the refused points "
-                      f"are kept apart{'; later points of this metric too' if not kept else ''}")
+                      f"of run {run_id} ({reason[:300]}); the other metrics are logged, these are set aside{later}")
 
     def pending(self) -> int:
         return sum(len(m) for m in self._buffers.values())

@@ -27,7 +27,7 @@ def tiny(name: str = "tiny", steps: int = 2, **sections) -> dict:
                 "train": {"steps": steps, "lr": 1.0e-3, "log_every": 1, "flush_seconds": 0},
                 "eval": {"limit": 20}, "nodes": {k: dict(v) for k, v in MAE_NODES.items()}, "objective": {"loss": 1.0}}
     for section, values in sections.items():
-        if isinstance(values, dict) and isinstance(pipeline.get(section), dict):
+        if section in ("data", "train", "eval"):  # merged; anything else (nodes, vars, ...) replaced
             pipeline[section] = {**pipeline[section], **values}
         else:
             pipeline[section] = values
