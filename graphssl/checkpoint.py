@@ -20,6 +20,7 @@ import torch
 
 from graphssl.hooks import RunHook
 from graphssl.io import WriteError, atomic_write
+from graphssl.names import identifier_problem, run_id_problem
 
 CHECKPOINT_ROOT = "checkpoints"
 
@@ -52,13 +53,31 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
 
 
 def load(path: Path) -> dict[str, Any]:
+    """A checkpoint's state, read without running any code it might carry, and checked for its shape
+    (a crafted file's stage or run id must not name a folder outside ``checkpoints/``)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except Exception as e:
         reason = "it holds objects other than tensors and plain values" if "weights_only" in str(e) else str(e).splitlines()[0]
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {reason}") from None
+    problem = state_problem(state)
+    if problem:
+        raise CheckpointError(f"cannot use checkpoint {path}: {problem}")
+    return state
+
+
+def state_problem(state: Any) -> str | None:
+    """What is wrong with a loaded checkpoint's structure, or None (the tensors are checked when loaded)."""
+    if not isinstance(state, dict):
+        return "it is not a graphssl checkpoint"
+    missing = [k for k in ("step", "stage", "run_id", "fingerprint", "modules", "optimizer", "rng") if k not in state]
+    if missing:
+        return f"it is not a graphssl checkpoint (no {', '.join(missing)})"
+    if not isinstance(state["step"], int) or state["step"] < 0:
+        return f"its step {state['step']!r} is not a step"
+    return identifier_problem(state["stage"], "its stage name") or run_id_problem(state["run_id"])
 
 
 def checkpoint_path(folder: Path, stage: str, next_step: int) -> Path:
@@ -76,6 +95,10 @@ def latest_checkpoints(folder: Path) -> dict[str, Path]:
 
 
 def run_dir(run_id: str) -> Path:
+    """``checkpoints/RUN_ID``: a run id never names a folder elsewhere."""
+    problem = run_id_problem(run_id)
+    if problem:
+        raise CheckpointError(f"no checkpoints for {problem}")
     return Path(CHECKPOINT_ROOT) / run_id
 
 
@@ -109,6 +132,7 @@ class CheckpointHook(RunHook):
         modules, optimizer = full_state(trainer)
         path = checkpoint_path(self.folder, self.stage, next_step)
         if trainer.world.main:
+            check_finite_state(trainer, {"modules": modules, "optimizer": optimizer})
             state = {"step": next_step, "modules": modules, "optimizer": optimizer, "rng": rng, **self.meta}
             save_atomic(state, path)
             self._prune()
@@ -125,6 +149,30 @@ class CheckpointHook(RunHook):
     def on_step_end(self, trainer, step: int, metrics: dict) -> None:
         if self.every and (step + 1) % self.every == 0 and step + 1 < trainer.cfg.train.steps:
             self.save(trainer, step + 1)
+
+
+def non_finite_tensors(state: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the floating-point tensors in a nested state that hold a NaN or an infinity."""
+    if isinstance(state, torch.Tensor):
+        return [prefix] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return []
+    return [name for k, v in items for name in non_finite_tensors(v, f"{prefix}.{k}" if prefix else str(k))]
+
+
+def check_finite_state(trainer, state: dict[str, Any]) -> None:
+    """Refuse to write a checkpoint with a non-finite tensor (the optimiser's moments too): the previous one stays."""
+    bad = non_finite_tensors(state)
+    if bad:
+        from graphssl.train import NonFiniteLoss
+
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise NonFiniteLoss(trainer.step, {bad[0]: float("nan")},
+                            note=f" (not finite in the training state: {shown}; no checkpoint written)")
 
 
 def full_state(trainer) -> tuple[dict, dict]:

@@ -11,7 +11,23 @@ from graphssl.errors import PipelineError
 
 
 def _print_problems(err: PipelineError) -> None:
-    print(err.format(), file=sys.stderr)
+    from graphssl.redact import scrub
+
+    print(scrub(err.format()), file=sys.stderr)
+
+
+def count(minimum: int):
+    """An argparse type: an integer of at least ``minimum`` (argparse then exits with 2 and says why)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,10 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", help="name of the parent run (default: the pipeline's name)")
     p.add_argument("--force", action="store_true", help="retrain every stage, even unchanged ones")
     p.add_argument("--resume", metavar="RUN_ID_OR_PATH", help="continue a stopped run from its last checkpoint")
-    p.add_argument("--nproc-per-node", type=int, help="processes per machine (DDP through torchrun; gloo on CPU, NCCL on GPU)")
-    p.add_argument("--nnodes", type=int, help="machines taking part (run the same command on each)")
+    p.add_argument("--nproc-per-node", type=count(1), help="processes per machine (DDP through torchrun; gloo on CPU, NCCL on GPU)")
+    p.add_argument("--nnodes", type=count(1), help="machines taking part (run the same command on each)")
     p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="rendezvous of a multi-machine run")
-    p.add_argument("--node-rank", type=int, help="this machine's rank in a multi-machine run")
+    p.add_argument("--node-rank", type=count(0), help="this machine's rank in a multi-machine run")
     p.add_argument("--register", metavar="NAME", help="register the trained encoder (the last stage's) as a new "
                                                       "version of this MLflow registered model")
     p.add_argument("--system-metrics", action="store_true", help="log MLflow's system metrics (CPU, memory, GPU)")
@@ -56,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs (ids, id prefixes or run names); default: the newest finished runs")
     p.add_argument("--experiment", default="graphssl", help="MLflow experiment name (default: graphssl)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    p.add_argument("--last", type=int, default=10, help="without RUN_IDs: how many of the newest runs (default 10)")
+    p.add_argument("--last", type=count(1), default=10, help="without RUN_IDs: how many of the newest runs (default 10)")
     p.add_argument("-o", "--output", help="write the picture here (png, svg, pdf)")
     p.add_argument("--x", default="steps", choices=["steps", "flops", "images", "time"],
                    help="x axis of the curves: steps, counted training FLOPs, source images seen, or summed step "
@@ -79,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("new", help="copy a shipped pipeline to ./NAME.yaml, to edit")
-    p.add_argument("name", help="the new pipeline's name (or a path ending in .yaml)")
+    p.add_argument("name", help="the new pipeline's name (letters, digits, _ and -): written to ./NAME.yaml")
     p.add_argument("--from", dest="source", required=True, metavar="PIPELINE",
                    help="a shipped pipeline (mae, ibot, ...) or a pipeline file")
     p.set_defaults(func=cmd_new)
@@ -125,17 +141,18 @@ def main(argv: list[str] | None = None) -> int:
         from graphssl.checkpoint import CheckpointError
         from graphssl.runner import Stopped
 
+        from graphssl.redact import scrub
         from graphssl.tracking import TrackingError
 
         if isinstance(err, (CheckpointError, TrackingError)):
-            print(f"error: {err}", file=sys.stderr)
+            print(scrub(f"error: {err}"), file=sys.stderr)
             return EXIT_INVALID
         if isinstance(err, Stopped):
             print(f"stopped: checkpoint written at step {err.step} ({err.checkpoint})", file=sys.stderr)
             return 130
         if os.environ.get("GRAPHSSL_DEBUG"):
             raise
-        print(f"error: {err}\n(set GRAPHSSL_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(scrub(f"error: {err or type(err).__name__}\n(set GRAPHSSL_DEBUG=1 for the traceback)"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -58,7 +58,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from graphssl.distributed import launch
         from graphssl.plan import plan_pipeline
 
-        plan_pipeline(args.pipeline, args.overrides)  # report a broken pipeline once, before any process starts
+        processes = (args.nproc_per_node or 1) * (args.nnodes or 1)
+        plan_pipeline(args.pipeline, args.overrides, processes)  # report a broken pipeline once, before any process starts
         return launch(_without_launch_flags(args.argv), args.nproc_per_node or 1, args.nnodes or 1,
                       args.rdzv_endpoint, args.node_rank)
 
@@ -140,7 +141,13 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_new(args: argparse.Namespace) -> int:
+    from graphssl.names import identifier_problem
     from graphssl.scaffold import NewPipelineError, new_pipeline
+
+    bad_name = identifier_problem(args.name, "the new pipeline's name")
+    if bad_name:  # a name, not a path: the copy is ./NAME.yaml
+        print(f"error: {bad_name} (it is written to ./NAME.yaml)", file=sys.stderr)
+        return EXIT_INVALID
 
     try:
         written = new_pipeline(args.name, args.source)

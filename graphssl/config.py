@@ -5,17 +5,22 @@ per component by :mod:`graphssl.graph`; everything else is validated here.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, get_args, get_origin
+import re
+from typing import Annotated, Any, Literal, Optional, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from graphssl.budget import Budget
 from graphssl.errors import Problem, did_you_mean
+from graphssl.redact import MASK, scrub
 from graphssl.schedules import Scheduled
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # a NaN or infinite value is never meant
+
+
+LossWeight = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class DataConfig(Strict):
@@ -55,7 +60,7 @@ class TrainConfig(Strict):
     lr_convention: Literal["graphssl", "dino"] = Field(
         "graphssl", description="lr warm-up: graphssl = peak * step / warmup (MAE); dino = linspace(0, peak, warmup) "
                                 "with the end point (DINO's cosine_scheduler); the cosine after it is the same")
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW's (beta1, beta2), each in [0, 1)")
     eps: float = Field(1e-8, gt=0)
     weight_decay: Scheduled = 0.05
     clip_grad: Optional[float] = Field(None, gt=0)
@@ -71,6 +76,13 @@ class TrainConfig(Strict):
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the forward pass")
     compile: bool = Field(False, description="torch.compile every module (first steps are slow)")
     fsdp: bool = Field(False, description="shard parameters with FSDP2 (fully_shard) instead of DDP, under torchrun")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"AdamW's betas are each in [0, 1) (got {list(betas)})")
+        return betas
 
 
     @field_validator("steps")
@@ -99,7 +111,7 @@ class PipelineHeader(Strict):
     description: str = ""
     plugins: list[str] = Field(default_factory=list, description="Python files (relative to this file) or modules "
                                                              "to import first: they register the pipeline's own components")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="0 <= seed < 2**32")
     deterministic: bool = Field(False, description="torch deterministic algorithms: bit-identical reruns")
     device: Literal["cpu", "cuda", "auto"] = "auto"
     vars: dict[str, Any] = Field(default_factory=dict, description="free values for ${vars.x} interpolation")
@@ -112,7 +124,7 @@ class PipelineConfig(PipelineHeader):
     train: TrainConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
     nodes: dict[str, dict[str, Any]]
-    objective: dict[str, float] = Field(description="loss node -> weight; the training loss is the weighted sum")
+    objective: dict[str, LossWeight] = Field(description="loss node -> weight; the training loss is the weighted sum")
 
 
 class StageConfig(Strict):
@@ -124,7 +136,7 @@ class StageConfig(Strict):
     train: dict[str, Any] = Field(default_factory=dict)
     eval: dict[str, Any] = Field(default_factory=dict)
     nodes: dict[str, dict[str, Any]]
-    objective: dict[str, float]
+    objective: dict[str, LossWeight]
 
 
 class StagedPipelineConfig(PipelineHeader):
@@ -155,19 +167,46 @@ class LoadedPipeline:
 
     For one stage of a staged pipeline, ``prefix`` is "stages.NAME." and
     problems are reported at the stage's path when the key is the stage's own.
+    ``written``: the file with the overrides merged in and interpolations not resolved (what is
+    logged as the pipeline); ``secrets``: the dotted paths whose resolved values came from the
+    environment, ``secret_values`` those values (kept out of messages and the tracking store).
     """
 
     def __init__(self, path: str, raw: dict[str, Any], lines: dict[str, int], prefix: str = "",
-                 overrides: list[str] = ()):
+                 overrides: list[str] = (), written: dict[str, Any] | None = None,
+                 secrets: frozenset[str] = frozenset(), secret_values: frozenset[str] = frozenset()):
         self.path = path
         self.raw = raw
         self.lines = lines
         self.prefix = prefix
         self.overrides = list(overrides)
+        self.written = raw if written is None else written
+        self.secrets = frozenset(secrets)
+        self.secret_values = frozenset(secret_values)
+
+    def is_secret(self, path: str) -> bool:
+        """Does the value at ``path`` (or one inside it, or the one it is inside) come from the environment?"""
+        return any(s == path or s.startswith(path + ".") or path.startswith(s + ".") for s in self.secrets)
+
+    def masked(self) -> dict[str, Any]:
+        """``raw`` with every value that came from the environment replaced by ``***``."""
+        def mask(value: Any, path: str) -> Any:
+            if path and path in self.secrets:
+                return MASK
+            if isinstance(value, dict):
+                return {k: mask(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+            if isinstance(value, list):
+                return [mask(v, f"{path}.{i}") for i, v in enumerate(value)]
+            return value
+        return mask(self.raw, "") if self.secrets else self.raw
 
     def problem(self, path: str, message: str, warning: bool = False) -> Problem:
         if self.prefix and (path.startswith(("nodes", "objective")) or f"{self.prefix}{path}" in self.lines or not path):
             path = f"{self.prefix}{path}".rstrip(".")
+        if self.secrets:
+            if self.is_secret(path.removeprefix(self.prefix)) or self.is_secret(path):
+                message = re.sub(r"\(got .*\)$", f"(got {MASK})", message, flags=re.S)
+            message = scrub(message)
         return Problem(path, message, line_of(self.lines, path), warning)
 
 

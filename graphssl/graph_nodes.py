@@ -12,6 +12,7 @@ from graphssl import registry
 from graphssl.component import Owner
 from graphssl.config import LoadedPipeline, pydantic_problems
 from graphssl.errors import Problem, did_you_mean
+from graphssl.names import identifier_problem
 from graphssl.spec import SOURCE, ModuleEdge, ModuleRef, NodeSpec, Ref
 
 RESERVED_KEYS = ("type", "call")
@@ -67,8 +68,8 @@ def parse_nodes(c: Check) -> None:
             pass  # reported above
         elif not isinstance(name, str):
             c.report(path, f"a node name is a word, got {name!r}")
-        elif "." in name:
-            c.report(path, "node names cannot contain '.' (it separates node and port)")
+        elif (bad_name := identifier_problem(name, "a node name")) is not None:  # '.' separates node and port
+            c.report("nodes", bad_name)
         elif ("type" in body) == ("call" in body):
             c.report(path, "a node needs exactly one of type: (a component) or call: (another node's module)")
         elif "call" in body:

@@ -5,8 +5,7 @@ The run tree is the same for every pipeline: one parent run per ``graphssl run``
 evaluation), under it one run per stage (its config, curves, graph picture and
 trained modules), and under each stage run one run per graph node (its config,
 time per call, output statistics, its loss and what the component logs).
-``Tracking`` is the interface the runner talks to; as it is, it records nothing
-(what ranks other than 0 use).
+``graphssl.hooks.Tracking`` is the interface the runner talks to.
 """
 from __future__ import annotations
 
@@ -18,55 +17,15 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from graphssl.flops import node_params, run_params
-from graphssl.hooks import RunHook
+from graphssl.hooks import Tracking
 from graphssl.instrument import NodeTimer, OutputStats
-from graphssl.tracking import Tracker, flatten
+from graphssl.redact import MASK
+from graphssl.tracking import Tracker, TrackingError, flatten
 
 if TYPE_CHECKING:
     from graphssl.plan import Plan, Stage
 
 EVAL_METRICS_TAG = "graphssl.eval_metrics"
-
-
-class Tracking(RunHook):
-    """Where runs are recorded; this base records nothing."""
-
-    uri = ""
-
-    def start_run(self, plan: "Plan", run_name: str | None, tags: dict[str, str]) -> str:
-        return ""
-
-    def resume_run(self, plan: "Plan", run_id: str) -> None:
-        pass
-
-    def finished_stage(self, stage: str) -> str | None:
-        """The run of a stage that finished earlier in the current (resumed) run, if any."""
-        return None
-
-    def find_reusable(self, stage: "Stage") -> str | None:
-        """A finished run of a stage with the same fingerprint, if the store has one."""
-        return None
-
-    def fetch_modules(self, stage_run: str, stage: str, folder: Path) -> Path | None:
-        return None
-
-    def mark_reused(self, stage: "Stage", stage_run: str) -> dict[str, float]:
-        """Record that ``stage`` reuses ``stage_run``; returns that run's final evaluation."""
-        return {}
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        """What a checkpoint needs to continue the current stage's runs."""
-        return {}
-
-    def tag_stage(self, tags: dict[str, Any]) -> None:
-        pass
-
-    def end_run(self, status: str, final: dict[str, float], step: int, pending_dir: Path | None = None) -> None:
-        pass
-
-    def where(self, run_id: str) -> list[str]:
-        """Lines that say how to open the run."""
-        return []
 
 
 class MlflowTracking(Tracking):
@@ -94,21 +53,27 @@ class MlflowTracking(Tracking):
 
     # -- the parent run ------------------------------------------------------------
     def start_run(self, plan: "Plan", run_name: str | None, tags: dict[str, str]) -> str:
+        """The parent run: the resolved file as parameters (values from the environment masked), the file
+        as written (overrides merged, interpolations such as ${oc.env:NAME} not resolved) as pipeline.yaml."""
         types = plan.component_types()
         tags = {"graphssl.pipeline": plan.name, "graphssl.components": ",".join(types),
                 **{f"graphssl.uses.{t}": "true" for t in types}, **tags}
         self.parent = self.tracker.create_run(run_name or plan.name, tags)
-        self.tracker.log_params(self.parent, flatten(plan.loaded.raw))
-        with tempfile.TemporaryDirectory() as tmp:  # the whole resolved file, so the run can be repeated from the UI
-            resolved = Path(tmp) / "pipeline.yaml"
-            resolved.write_text(yaml.safe_dump(plan.loaded.raw, sort_keys=False))
-            self.tracker.log_artifact(self.parent, resolved)
+        try:
+            self.tracker.log_params(self.parent, flatten(plan.loaded.masked()))
+            with tempfile.TemporaryDirectory() as tmp:  # the whole file, so the run can be repeated from the UI
+                written = Path(tmp) / "pipeline.yaml"
+                written.write_text(yaml.safe_dump(plan.loaded.written, sort_keys=False))
+                self.tracker.log_artifact(self.parent, written)
+        except BaseException:
+            self.tracker.end_open_runs("FAILED")
+            raise
         self._started(plan)
         return self.parent
 
     def resume_run(self, plan: "Plan", run_id: str) -> None:
         self.parent = run_id
-        self.client.update_run(run_id, "RUNNING")
+        self.tracker.reopen(run_id)
         self._started(plan, resume=True)
 
     def _started(self, plan: "Plan", resume: bool = False) -> None:
@@ -118,14 +83,17 @@ class MlflowTracking(Tracking):
         self._monitor = start_system_metrics(self.tracker, self.parent, self.system_metrics, resume=resume)
 
     def end_run(self, status: str, final: dict[str, float], step: int, pending_dir: Path | None = None) -> None:
-        if status == "FINISHED":
-            for key, value in final.items():  # the last stage's evaluation is the pipeline's, at its last step
-                self.tracker.metric(self.parent, key, value, step)
-            self.tracker.set_tags(self.parent, {EVAL_METRICS_TAG: ",".join(sorted(final))})
-        if self._monitor is not None:
-            self._monitor.stop()
-        self._flush_or_dump(pending_dir)
-        self.tracker.end_run(self.parent, status)
+        """End the parent run, and every run under it that a failure left open, with ``status``."""
+        try:
+            if status == "FINISHED":
+                for key, value in final.items():  # the last stage's evaluation is the pipeline's, at its last step
+                    self.tracker.metric(self.parent, key, value, step)
+                self.tracker.set_tags(self.parent, {EVAL_METRICS_TAG: ",".join(sorted(final))})
+            if self._monitor is not None:
+                self._monitor.stop()
+            self._flush_or_dump(pending_dir)
+        finally:
+            self.tracker.end_open_runs(status)
 
     def where(self, run_id: str) -> list[str]:
         exp = self.tracker.experiment_id
@@ -149,8 +117,18 @@ class MlflowTracking(Tracking):
         return runs[0].info.run_id if runs else None
 
     def fetch_modules(self, stage_run: str, stage: str, folder: Path) -> Path:
+        """The modules file of an earlier stage run, checked to hold only tensors and plain values
+        (anyone who can write to a shared store can put a file there)."""
+        from graphssl.artifacts import read_modules
+
         # where MLflow puts a single file depends on the artifact store: use its answer
-        return Path(self.client.download_artifacts(stage_run, f"model/{stage}.modules.pt", str(folder)))
+        path = Path(self.client.download_artifacts(stage_run, f"model/{stage}.modules.pt", str(folder)))
+        try:
+            read_modules(path)
+        except ValueError as e:
+            raise TrackingError(f"stage {stage}: run {stage_run} of the tracking store has the same config and inputs, "
+                                f"but its modules file cannot be used: {e}; retrain the stage with --force") from None
+        return path
 
     def mark_reused(self, stage: "Stage", stage_run: str) -> dict[str, float]:
         marker = self.tracker.create_run(f"{stage.name} (reused)", {"graphssl.stage": stage.name,
@@ -167,13 +145,13 @@ class MlflowTracking(Tracking):
             ids = resumed["tracking"]
             self.stage_run, self.node_runs = ids["stage_run"], dict(ids["node_runs"])
             for run_id in (self.stage_run, *self.node_runs.values()):
-                self.client.update_run(run_id, "RUNNING")
+                self.tracker.reopen(run_id)  # steps it replays are not logged twice
         else:
             self.stage_run = self.tracker.create_run(stage.name, {
                 "graphssl.stage": stage.name, "graphssl.fingerprint": stage.fingerprint,
                 "graphssl.pipeline": prepared.cfg.name, "graphssl.global_batch": trainer.global_batch}, parent=self.parent)
             self.tracker.set_tags(self.parent, {f"graphssl.stage.{stage.name}.run": self.stage_run})
-            params = flatten(prepared.loaded.raw)
+            params = flatten(prepared.loaded.masked())
             if prepared.flops is not None:  # the counted cost, and the steps a budget resolved to
                 params.update(run_params(prepared.flops, trainer.world.size, trainer.data.device))
             if prepared.budget is not None:
@@ -185,6 +163,7 @@ class MlflowTracking(Tracking):
                     "graphssl.node": name, "graphssl.component": node.type_name,
                     **({"graphssl.call": node.call} if node.call else {})}, parent=self.stage_run)
                 params = flatten(node.config.model_dump(mode="json")) if node.config is not None else {}
+                params = {k: MASK if prepared.loaded.is_secret(f"nodes.{name}.{k}") else v for k, v in params.items()}
                 if prepared.flops is not None:
                     params.update(node_params(prepared.flops, name, trainer.world.size))
                 if params:
@@ -280,3 +259,7 @@ class MlflowTracking(Tracking):
         if not self._flush() and pending_dir is not None:
             dumped = self.tracker.dump_pending(pending_dir / "pending_metrics.jsonl")
             self.tracker.warn(f"warning: the tracking store is unreachable; {dumped} holds the metrics it did not receive")
+        if pending_dir is not None:
+            refused = self.tracker.dump_refused(pending_dir / "refused_metrics.jsonl")
+            if refused is not None:
+                self.tracker.warn(f"warning: {refused} holds the metric points the tracking store refused")

@@ -29,6 +29,8 @@ from graphssl.config import SECTION_MODELS, LoadedPipeline, StagedPipelineConfig
 from graphssl.loading import load_yaml
 from graphssl.distributed import World
 from graphssl.errors import PipelineError, Problem, did_you_mean
+from graphssl.names import identifier_problem
+from graphssl.preflight import stage_problems
 
 
 @dataclass
@@ -85,16 +87,25 @@ def fingerprint(stage_raw: dict[str, Any], needed: list[str]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def plan_pipeline(path: str | Path, overrides: list[str] = ()) -> Plan:
-    """Validate a pipeline file, with or without stages; every problem is raised at once."""
+def plan_pipeline(path: str | Path, overrides: list[str] = (), processes: int | None = None) -> Plan:
+    """Validate a pipeline file, with or without stages; every problem is raised at once.
+
+    ``processes``: how many will train it (default: torchrun's WORLD_SIZE, else 1), for the batch-size check.
+    """
     loaded = load_yaml(path, list(overrides))
     raw = loaded.raw
+    problems: list[Problem] = _name_problems(loaded)
     if "stages" not in raw:
-        prepared = prepare_loaded(loaded)
+        try:
+            prepared = prepare_loaded(loaded)
+        except PipelineError as e:
+            raise PipelineError(problems + e.problems, loaded.path) from None
+        problems += stage_problems(prepared, processes)
+        if problems:
+            raise PipelineError(problems, loaded.path)
         stage = Stage(prepared.cfg.name, prepared, [], fingerprint(raw, []))
         return Plan(loaded, prepared.cfg.name, {stage.name: stage})
 
-    problems: list[Problem] = []
     if "nodes" in raw or "objective" in raw:
         problems.append(loaded.problem("nodes" if "nodes" in raw else "objective",
                                        "a pipeline has either nodes/objective or stages, not both"))
@@ -110,22 +121,46 @@ def plan_pipeline(path: str | Path, overrides: list[str] = ()) -> Plan:
     stages: dict[str, Stage] = {}
     header = {k: v for k, v in raw.items() if k not in ("stages", *SECTION_MODELS)}
     for name in order:
+        if identifier_problem(name, "a stage name"):
+            continue  # reported above; its paths would not be paths
         stage = cfg.stages[name]
         stage_raw = {**header, "name": f"{cfg.name}.{name}", "description": stage.description or cfg.description,
                      **{s: {**getattr(cfg, s), **getattr(stage, s)} for s in SECTION_MODELS},
                      "train": merge_train(cfg.train, stage.train),  # a stage's budget replaces inherited steps
                      "nodes": stage.nodes, "objective": stage.objective}
-        sub = LoadedPipeline(loaded.path, stage_raw, loaded.lines, prefix=f"stages.{name}.", overrides=loaded.overrides)
+        sub = LoadedPipeline(loaded.path, stage_raw, loaded.lines, prefix=f"stages.{name}.", overrides=loaded.overrides,
+                             secrets=stage_secrets(loaded.secrets, name), secret_values=loaded.secret_values)
         try:
             prepared = prepare_loaded(sub)
         except PipelineError as e:
             problems += e.problems
             continue
+        problems += stage_problems(prepared, processes)
         fp = fingerprint(stage_raw, [stages[n].fingerprint for n in stage.needs if n in stages])
         stages[name] = Stage(name, prepared, list(stage.needs), fp)
     if problems:
         raise PipelineError(problems, loaded.path)
     return Plan(loaded, cfg.name, stages)
+
+
+def _name_problems(loaded: LoadedPipeline) -> list[Problem]:
+    """The pipeline's name and its stages' names are identifiers (they name runs, files and folders)."""
+    raw, problems = loaded.raw, []
+    if isinstance(raw.get("name"), str) and (bad := identifier_problem(raw["name"], "a pipeline name")):
+        problems.append(loaded.problem("name", bad))
+    if isinstance(raw.get("stages"), dict):
+        for stage in raw["stages"]:
+            if bad := identifier_problem(stage, "a stage name"):
+                problems.append(loaded.problem("stages", bad))
+    return problems
+
+
+def stage_secrets(secrets: frozenset[str], stage: str) -> frozenset[str]:
+    """The file's environment-derived paths, as paths of one stage's config (see plan_pipeline's stage_raw)."""
+    own = f"stages.{stage}."
+    out = {p.removeprefix(own) for p in secrets if p.startswith(own)}
+    out |= {p for p in secrets if not p.startswith("stages.")}  # the header and the file's sections
+    return frozenset(out)
 
 
 def _stage_order(cfg: StagedPipelineConfig, loaded: LoadedPipeline, problems: list[Problem]) -> list[str]:

@@ -21,8 +21,8 @@ from graphssl.console import ConsoleHook, evaluation_table
 from graphssl.distributed import World, barrier, broadcast, parameter_checksums, teardown
 from graphssl.distributed import setup as setup_world
 from graphssl.artifacts import save_modules
-from graphssl.hooks import Hooks
-from graphssl.mlflow_tracking import MlflowTracking, Tracking
+from graphssl.hooks import Hooks, Tracking
+from graphssl.mlflow_tracking import MlflowTracking
 from graphssl.plan import Plan, Stage, check_plan, plan_pipeline
 from graphssl.train import NonFiniteLoss
 

@@ -10,6 +10,8 @@ import os
 import re
 from pathlib import Path
 
+from graphssl.names import identifier_problem
+
 SCHEMA_LINE = "# yaml-language-server: $schema="
 SCHEMA_FILE = "pipeline.schema.json"
 REPO = Path(__file__).resolve().parent.parent
@@ -56,6 +58,8 @@ def find_schema(near: Path) -> Path | None:
 
 def new_pipeline(name: str, source: str, folder: str | Path = ".") -> Path:
     """Copy ``source`` to FOLDER/NAME.yaml with ``name: NAME``; returns the written path."""
+    if (bad_name := identifier_problem(name, "the new pipeline's name")) is not None:  # a name, never a path
+        raise NewPipelineError(bad_name)
     target = Path(name) if name.endswith((".yaml", ".yml")) else Path(folder) / f"{name}.yaml"
     stem = target.stem
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", stem):

@@ -12,8 +12,11 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from graphssl.redact import scrub
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -47,8 +50,102 @@ class TrackingError(Exception):
     """The tracking store cannot be reached or written."""
 
 
+PROBE_TIMEOUT_S = 5.0  # the first request to a tracking server: an answer within seconds, or a clear error
+# Error codes of a request the store answered and refused (a bad key, a changed parameter, a deleted run):
+# sending it again will not help, unlike a store that is away.
+REFUSED_CODES = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "MALFORMED_REQUEST", "INVALID_STATE",
+                 "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "RESOURCE_CONFLICT"}
+
+
+def is_refusal(error: BaseException) -> bool:
+    """Did the store answer and refuse the request (rather than not answer)?"""
+    if type(error).__name__ == "IntegrityError":  # sqlalchemy, from a SQLite or SQL store
+        return True
+    return getattr(error, "error_code", None) in REFUSED_CODES
+
+
+def probe_server(uri: str, timeout: float | None = None) -> None:
+    """One GET of the server's /health with a short timeout, before MLflow's client (whose requests
+    wait MLFLOW_HTTP_REQUEST_TIMEOUT and retry): any HTTP answer will do, silence or a refusal is an error."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    timeout = PROBE_TIMEOUT_S if timeout is None else timeout
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as answer:
+            answer.read(64)
+    except urllib.error.HTTPError:
+        return  # it answered (a proxy's 404, a login page): MLflow's own requests will say more
+    except (socket.timeout, TimeoutError):
+        raise TrackingError(f"cannot use the MLflow tracking store {uri}: it accepted the connection but did not "
+                            f"answer within {timeout:g} s") from None
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, (socket.timeout, TimeoutError)):
+            raise TrackingError(f"cannot use the MLflow tracking store {uri}: it did not answer within {timeout:g} s") from None
+        refused = isinstance(e.reason, ConnectionRefusedError)
+        reason = "connection refused: is the tracking server running?" if refused else str(e.reason)
+        raise TrackingError(f"cannot use the MLflow tracking store {uri}: {reason}") from None
+    except OSError as e:
+        raise TrackingError(f"cannot use the MLflow tracking store {uri}: {e}") from None
+
+
+def local_store_path(uri: str) -> Path | None:
+    """The file (SQLite) or folder (file store) of a local tracking URI; None for servers and the like."""
+    if uri.startswith("sqlite:///"):
+        rest = uri[len("sqlite:///"):].split("?", 1)[0]
+        return Path(rest) if rest else None
+    if uri.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(uri).path))
+    return Path(uri) if ":" not in uri else None  # a plain folder is MLflow's file store
+
+
+def check_local_store(uri: str) -> Path | None:
+    """A local store's folder must exist: a mistyped path is an error, not a new store somewhere."""
+    path = local_store_path(uri)
+    if path is None:
+        return None
+    folder = path.expanduser().absolute().parent
+    if not folder.is_dir():
+        raise TrackingError(f"cannot use the MLflow tracking store {uri}: the folder {folder} does not exist "
+                            "(create it, or point --tracking-uri elsewhere)")
+    return folder
+
+
+@contextmanager
+def setting_up(folder: Path | None):
+    """Hold an exclusive lock on the store's folder while the store is set up, so that two runs starting
+    together on a fresh SQLite file do not both create (migrate) its tables."""
+    if folder is None:
+        yield
+        return
+    try:
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):  # no flock here (Windows, some network file systems): no lock
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class Tracker:
-    """Creates the runs and writes metrics in batches; used by the run hooks."""
+    """Creates the runs and writes metrics in batches; used by the run hooks.
+
+    Runs it created (or reopened) and has not ended are ``open_runs``: ``end_open_runs`` marks them all
+    when a run fails. A point the store refuses does not hold up the others; it is reported once per key
+    and kept in ``refused`` (written beside the checkpoints at the end). After a resume, points at or
+    before the last step the store already holds (replayed steps) are not logged again.
+    """
 
     def __init__(self, uri: str | None = None, experiment: str = "graphssl"):
         import mlflow
@@ -58,79 +155,151 @@ class Tracker:
         for name in ("mlflow.store.db.utils", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
         self.uri = uri or default_tracking_uri()
+        if self.uri.startswith(("http://", "https://")):
+            probe_server(self.uri)
+        folder = check_local_store(self.uri)
         mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
         try:
-            found = self.client.get_experiment_by_name(experiment)
-            if found is None:
-                try:
-                    self.experiment_id = self.client.create_experiment(experiment)
-                except Exception:  # another run created it in the meantime
-                    found = self.client.get_experiment_by_name(experiment)
-                    if found is None:
-                        raise
-            if found is not None:
-                self.experiment_id = found.experiment_id
+            with setting_up(folder if self.uri.startswith("sqlite:") else None):
+                self.client = MlflowClient(self.uri)
+                found = self.client.get_experiment_by_name(experiment)
+                if found is None:
+                    try:
+                        self.experiment_id = self.client.create_experiment(experiment)
+                    except Exception:  # another run created it in the meantime
+                        found = self.client.get_experiment_by_name(experiment)
+                        if found is None:
+                            raise
+                if found is not None:
+                    self.experiment_id = found.experiment_id
         except Exception as e:
             reason = "connection refused: is the tracking server running?" if "refused" in str(e) else str(e).splitlines()[0]
             raise TrackingError(f"cannot use the MLflow tracking store {self.uri}: {reason}") from None
         self._buffers: dict[str, list] = {}
         self.unreachable_since = 0.0
+        self.open_runs: dict[str, None] = {}  # in creation order
+        self.refused: list = []  # (run id, Metric) the store refused
+        self.refused_keys: set[tuple[str, str]] = set()
+        self.logged_until: dict[tuple[str, str], int] = {}  # (run, key) -> last step the store holds (resume)
         self.warn = lambda message: print(message, flush=True)
 
     # -- runs ---------------------------------------------------------------
     def create_run(self, name: str, tags: dict[str, str], parent: str | None = None) -> str:
         if parent is not None:
             tags = {**tags, "mlflow.parentRunId": parent}
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()})
+        run = self.client.create_run(self.experiment_id, run_name=scrub(name), tags={k: scrub(str(v)) for k, v in tags.items()})
+        self.open_runs[run.info.run_id] = None
         return run.info.run_id
+
+    def reopen(self, run_id: str) -> None:
+        """Mark a run RUNNING again (``--resume``), and learn which steps of each metric it holds."""
+        self.client.update_run(run_id, "RUNNING")
+        self.open_runs[run_id] = None
+        for key in self.client.get_run(run_id).data.metrics:
+            steps = [m.step for m in self.client.get_metric_history(run_id, key)]
+            if steps:
+                self.logged_until[(run_id, key)] = max(steps)
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, v) for k, v in params.items()]
+        items = [Param(k, scrub(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i: i + 100])
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(run_id, tags=[RunTag(k, scrub(str(v))) for k, v in tags.items()])
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.safely(f"log the artifact {path} (it stays on disk)", self.client.log_artifact, run_id, str(path), artifact_path)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.open_runs.pop(run_id, None)
         self.safely(f"mark run {run_id} {status}", self.client.set_terminated, run_id, status)
+
+    def end_open_runs(self, status: str) -> None:
+        """End every run still open, children first (a failure left them RUNNING)."""
+        for run_id in reversed(list(self.open_runs)):
+            self.end_run(run_id, status)
 
     # -- metrics --------------------------------------------------------------
     def metric(self, run_id: str, key: str, value, step: int) -> None:
         """Buffer a point; ``value`` may be a device tensor, read only when the buffer is written."""
+        if step <= self.logged_until.get((run_id, key), -1):
+            return  # a replayed step after a resume: the store has it
         self._buffers.setdefault(run_id, []).append((key, value, int(time.time() * 1000), step))
 
     def flush(self) -> bool:
         """Write the buffered metrics. If the store cannot be reached they stay buffered
-        (and are retried at the next flush); returns whether everything was written."""
+        (and are retried at the next flush); returns whether everything was written.
+
+        A batch the store refuses is sent again key by key, then point by point: the points it
+        still refuses are set aside in ``refused`` (and reported once per key); the rest arrive.
+        """
         from mlflow.entities import Metric
 
         for run_id in list(self._buffers):
             metrics = self._buffers[run_id]
             metrics[:] = [m if isinstance(m, Metric) else Metric(m[0], float(m[1]), m[2], m[3]) for m in metrics]
+            refused = [m for m in metrics if (run_id, m.key) in self.refused_keys]
+            if refused:
+                self.refused += [(run_id, m) for m in refused]
+                metrics[:] = [m for m in metrics if (run_id, m.key) not in self.refused_keys]
             while metrics:
                 try:
                     self.client.log_batch(run_id, metrics=metrics[:BATCH_LIMIT])
                 except Exception as e:
-                    if not self.unreachable_since:
-                        self.unreachable_since = time.time()
-                        self.warn(f"warning: the tracking store {self.uri} cannot be reached ({type(e).__name__}); "
-                                  "training goes on and metrics are kept until it returns")
-                    return False
+                    if is_refusal(e):
+                        try:
+                            self._write_singly(run_id, metrics[:BATCH_LIMIT])
+                        except Exception as lost:  # the store went away meanwhile
+                            return self._unreachable(lost)
+                    else:
+                        return self._unreachable(e)
                 del metrics[:BATCH_LIMIT]
             del self._buffers[run_id]
         if self.unreachable_since:
             self.warn(f"the tracking store is back after {time.time() - self.unreachable_since:.0f}s; buffered metrics delivered")
             self.unreachable_since = 0.0
         return True
+
+    def _unreachable(self, error: BaseException) -> bool:
+        if not self.unreachable_since:
+            self.unreachable_since = time.time()
+            self.warn(f"warning: the tracking store {self.uri} cannot be reached ({type(error).__name__}); "
+                      "training goes on and metrics are kept until it returns")
+        return False
+
+    def _write_singly(self, run_id: str, metrics: list) -> None:
+        """A refused batch, again: each key's points together, and a refused key's points one by one.
+        Raises what is not a refusal (the store is away): the caller keeps the batch buffered."""
+        by_key: dict[str, list] = {}
+        for m in metrics:
+            by_key.setdefault(m.key, []).append(m)
+        for key, points in by_key.items():
+            try:
+                self.client.log_batch(run_id, metrics=points)
+                continue
+            except Exception as e:
+                if not is_refusal(e):
+                    raise
+                reason = str(e).splitlines()[0]
+            kept = 0
+            for point in points:
+                try:
+                    self.client.log_batch(run_id, metrics=[point])
+                    kept += 1
+                except Exception as e:
+                    if not is_refusal(e):
+                        raise
+                    self.refused.append((run_id, point))
+            if not kept:
+                self.refused_keys.add((run_id, key))
+            later = "; so are its later points" if not kept else ""
+            self.warn(f"warning: the tracking store refused {len(points) - kept} point(s) of the metric {key!r} "
+                      f"of run {run_id} ({reason[:300]}); the other metrics are logged, these are set aside{later}")
 
     def pending(self) -> int:
         return sum(len(m) for m in self._buffers.values())
@@ -139,14 +308,26 @@ class Tracker:
         """Write metrics that could not be delivered to a JSON-lines file (never drop them silently)."""
         if not self.pending():
             return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            for run_id, metrics in self._buffers.items():
-                for m in metrics:
-                    f.write(json.dumps({"run_id": run_id, "key": m.key, "value": m.value, "step": m.step,
-                                        "timestamp": m.timestamp}) + "\n")
+        self._dump(path, [(run_id, m) for run_id, metrics in self._buffers.items() for m in metrics])
         self._buffers.clear()
         return path
+
+    def dump_refused(self, path: Path) -> Path | None:
+        """Write the points the store refused to a JSON-lines file."""
+        if not self.refused:
+            return None
+        self._dump(path, self.refused)
+        self.refused = []
+        return path
+
+    @staticmethod
+    def _dump(path: Path, points: list) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            for run_id, m in points:
+                key, value, timestamp, step = (m.key, m.value, m.timestamp, m.step) if hasattr(m, "key") else m
+                f.write(json.dumps({"run_id": run_id, "key": key, "value": float(value), "step": step,
+                                    "timestamp": timestamp}) + "\n")
 
     def safely(self, what: str, fn, *args, **kwargs):
         """Call a tracking write that must not stop training (ending runs, tags) and warn if it fails."""

@@ -33,16 +33,20 @@ def trained_weights(root, run_id: str, stage: str = "mae") -> dict:
     return torch.load(path, weights_only=True)["nodes"]
 
 
+def minimal_state(step: int) -> dict:
+    return {"step": step, "stage": "mae", "run_id": "0a1b", "fingerprint": "f", "modules": {}, "optimizer": {}, "rng": []}
+
+
 def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "state.pt"
-    checkpoint.save_atomic({"step": 1}, path)
+    checkpoint.save_atomic(minimal_state(1), path)
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(checkpoint.CheckpointError, match="previous checkpoint .* is intact"):
-        checkpoint.save_atomic({"step": 2}, path)
+        checkpoint.save_atomic(minimal_state(2), path)
     monkeypatch.undo()
     assert checkpoint.load(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temporary file left
