@@ -18,13 +18,12 @@ from graphssl import tracking
 from graphssl.cli import main
 from graphssl.component import Component, ComponentConfig, In, Out
 from graphssl.ports import LOSS, TOKENS
-from graphssl.registry import register
+from graphssl import registry
 from hardening import VIT, all_runs, parent_of, store, tiny, write
 
 FAIL = {"at": None}  # the training step at which test.hardening_loss raises, when set
 
 
-@register("test.hardening_loss")
 class HardeningLoss(Component):
     """Mean square of the tokens; logs a metric, optionally one the store refuses; fails at FAIL["at"]."""
 
@@ -53,9 +52,11 @@ def pipeline(**loss_config) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def no_injected_failure():
+def hardening_loss():
+    """test.hardening_loss registered for the test, with no failure injected unless the test sets one."""
     FAIL["at"] = None
-    yield
+    with registry.scope({"test.hardening_loss": HardeningLoss}):
+        yield
     FAIL["at"] = None
 
 
