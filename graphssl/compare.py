@@ -127,7 +127,7 @@ def _per_step(params: dict[str, str], tags: dict[str, str]) -> dict[str, float]:
 
 def _steps_param(params: dict[str, str]) -> int | None:
     value = params.get("train.steps")
-    return int(value) if value not in (None, "None") else None
+    return int(value) if value is not None and value.isdigit() else None  # None, "None" or masked ("***")
 
 
 def summarize(client, run) -> RunSummary:

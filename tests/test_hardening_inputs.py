@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import PIPELINES
-from graphssl import checkpoint, loading, tracking
+from graphssl import checkpoint, loading, store, tracking
 from graphssl.build import build_trainer
 from graphssl.cli import main
 from graphssl.errors import PipelineError
@@ -157,7 +157,7 @@ def test_a_sqlite_store_in_a_folder_that_does_not_exist_is_an_error(workdir, cap
 
 
 def test_a_server_that_accepts_but_never_answers_is_an_error_within_seconds(monkeypatch):
-    monkeypatch.setattr(tracking, "PROBE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(store, "PROBE_TIMEOUT_S", 1.0)
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
