@@ -9,6 +9,11 @@ from pathlib import Path
 EXIT_INVALID = 2
 
 
+def no_pipeline(command: str, example: str = "") -> int:
+    print(f"graphssl {command}: give a pipeline file, e.g. graphssl {command} pipelines/mae.yaml{example}", file=sys.stderr)
+    return EXIT_INVALID
+
+
 LAUNCH_FLAGS = ("--nproc-per-node", "--nnodes", "--rdzv-endpoint", "--node-rank")
 
 
@@ -77,8 +82,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from graphssl.plan import check_plan, plan_pipeline
 
     if not args.pipeline:
-        print("graphssl check: give a pipeline file, e.g. graphssl check pipelines/mae.yaml", file=sys.stderr)
-        return EXIT_INVALID
+        return no_pipeline("check")
     plan = plan_pipeline(args.pipeline, args.overrides)
     first = next(iter(plan.stages.values())).prepared
     for stage in plan.stages.values():
@@ -196,8 +200,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     from graphssl.plan import plan_pipeline
 
     if not args.pipeline:
-        print("graphssl graph: give a pipeline file, e.g. graphssl graph pipelines/mae.yaml -o mae.png", file=sys.stderr)
-        return EXIT_INVALID
+        return no_pipeline("graph", " -o mae.png")
     plan = plan_pipeline(args.pipeline, args.overrides)
     output = Path(args.output)
     for name, stage in plan.stages.items():

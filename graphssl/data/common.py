@@ -79,3 +79,22 @@ def own_generator() -> torch.Generator:
     """A DataLoader's own generator: creating its iterator would otherwise draw from the global RNG (which the
     training graph uses, and checkpoints restore), so a resumed run would drift from an uninterrupted one."""
     return torch.Generator().manual_seed(0)
+
+
+class TrainingSet:
+    """What both data paths share: a batch order over the training images (``self.order``, a
+    :class:`graphssl.data.sampler.BatchOrder`) and the per-channel input normalisation."""
+
+    def _normalize_with(self, mean, std, device: torch.device) -> None:
+        self.mean, self.std = tuple(mean), tuple(std)  # per channel, what inputs are normalised with
+        self._mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
+        self._std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.order.steps_per_epoch
+
+    @property
+    def train_images(self) -> int:
+        """How many training images a run reads (after ``data.limit``)."""
+        return self.order.n

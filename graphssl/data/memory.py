@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from graphssl.config import DataConfig
-from graphssl.data.common import EVAL_SEED, NORMALIZE, DatasetMissing, ImageSet, chunks, fixed_normalization  # noqa: F401
+from graphssl.data.common import (EVAL_SEED, NORMALIZE, DatasetMissing, ImageSet, TrainingSet, chunks,  # noqa: F401
+                                  fixed_normalization)
 from graphssl.data.sampler import BatchOrder
 from graphssl.data.subsets import stratified_subset
 
@@ -129,7 +130,7 @@ def load_split(cfg: DataConfig, split: str, limit: int | None = None) -> ImageSe
     return ImageSet(images.contiguous(), labels)
 
 
-class MemoryData:
+class MemoryData(TrainingSet):
     """Training batches and labelled evaluation sets of an in-memory dataset.
 
     ``data.limit`` keeps the first N training images (these files store their
@@ -159,19 +160,8 @@ class MemoryData:
             mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
         else:
             mean, std = fixed_normalization(cfg.normalize, cfg.channels)
-        self.mean, self.std = mean, std  # per channel, what inputs are normalised with
-        self._mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
-        self._std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+        self._normalize_with(mean, std, device)
         self.skipped: list[str] = []
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.order.steps_per_epoch
-
-    @property
-    def train_images(self) -> int:
-        """How many training images a run reads (after ``data.limit``)."""
-        return self.order.n
 
     @property
     def num_classes(self) -> int:

@@ -25,9 +25,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from graphssl.config import DataConfig
-from graphssl.data.common import (EVAL_SEED, BadImage, DatasetMissing, ImageSet, channel_statistics, default_workers,
-                                  own_generator,
-                                  fixed_normalization)
+from graphssl.data.common import (EVAL_SEED, BadImage, DatasetMissing, ImageSet, TrainingSet, channel_statistics,
+                                  default_workers, fixed_normalization, own_generator)
 from graphssl.data.decode import decode
 from graphssl.data.sampler import BatchOrder, StepBatches
 from graphssl.data.sources import Source, folder_sources, shard_sources
@@ -149,7 +148,7 @@ def collate_eval(samples: list[dict]) -> dict:
             "skipped": [s["skipped"] for s in samples if "skipped" in s]}
 
 
-class StreamingData:
+class StreamingData(TrainingSet):
     """Training batches and evaluation sets of an image folder or WebDataset shards (same interface as MemoryData)."""
 
     streamed = True
@@ -186,20 +185,9 @@ class StreamingData:
             mean, std = channel_statistics((images for images, _ in self._eval_loader("train", chosen)), cfg.channels)
         else:
             mean, std = fixed_normalization(cfg.normalize, cfg.channels)
-        self.mean, self.std = mean, std
-        self._mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
-        self._std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+        self._normalize_with(mean, std, device)
 
     # ------------------------------------------------------------------ training
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.order.steps_per_epoch
-
-    @property
-    def train_images(self) -> int:
-        """How many training images a run reads (after ``data.limit``)."""
-        return self.order.n
-
     @property
     def num_classes(self) -> int:
         return len(self.train_source.classes)
