@@ -60,3 +60,22 @@ def trained_modules_file(client, run, folder, stage: str | None = None):
     """The trained modules file a run logged, downloaded into ``folder``."""
     found = stage_run(client, run, stage)
     return client.download_artifacts(found.info.run_id, f"model/{found.data.tags['graphssl.stage']}.modules.pt", str(folder))
+
+
+def kill_at_line(argv: list[str], prefix: str) -> tuple[int, str]:
+    """Run ``argv``, SIGKILL it when a line of its output starts with ``prefix``; (return code, output so far)."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith(prefix):
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    return proc.returncode, "".join(seen)

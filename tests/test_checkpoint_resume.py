@@ -9,7 +9,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from conftest import PIPELINES, graphssl_cmd
+from conftest import PIPELINES, graphssl_cmd, kill_at_line
 from graphssl import checkpoint
 
 TINY = ["train.checkpoint_every=2", "train.log_every=1", "data.limit=256", "data.batch_size=16", "eval.limit=50",
@@ -69,18 +69,9 @@ def test_resume_after_sigkill_is_exact(workdir):
     assert sorted(p.name for p in (workdir / "checkpoints" / reference_run).iterdir()) == [
         "mae.step2.state.pt", "mae.step4.state.pt"]  # every 2 steps, none after the last
 
-    proc = subprocess.Popen(graphssl_cmd("run", pipeline, *overrides), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
-    try:
-        for line in proc.stdout:  # "step 3/6" is printed after the checkpoint of steps 0-1 was written
-            seen.append(line)
-            if line.startswith("step 3/"):
-                proc.send_signal(signal.SIGKILL)
-                break
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "".join(seen)[-2000:]  # killed mid-run, not finished
+    # "step 3/6" is printed after the checkpoint of steps 0-1 was written
+    code, seen = kill_at_line(graphssl_cmd("run", pipeline, *overrides), "step 3/")
+    assert code == -signal.SIGKILL, seen[-2000:]  # killed mid-run, not finished
     (killed_run,) = run_dirs(workdir) - {reference_run}
     state = checkpoint.load(newest_state(workdir, killed_run))
     assert 2 <= state["step"] < 6

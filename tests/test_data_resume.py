@@ -9,7 +9,7 @@ import torch
 
 from mlflow import MlflowClient
 
-from conftest import PIPELINES, graphssl_cmd, trained_modules_file
+from conftest import PIPELINES, graphssl_cmd, kill_at_line, trained_modules_file
 from graphssl import checkpoint
 from imagegen import make_folder
 
@@ -24,18 +24,9 @@ def test_folder_run_with_workers_resumes_bit_exact_after_sigkill(workdir):
     done = subprocess.run(graphssl_cmd("run", pipeline, *overrides), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     (reference,) = {p.name for p in (workdir / "checkpoints").iterdir()}
-    proc = subprocess.Popen(graphssl_cmd("run", pipeline, *overrides), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
-    try:
-        for line in proc.stdout:  # "step 3/6" is printed after the checkpoint of steps 0-1 was written
-            seen.append(line)
-            if line.startswith("step 3/"):
-                proc.send_signal(signal.SIGKILL)
-                break
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "".join(seen)[-2000:]
+    # "step 3/6" is printed after the checkpoint of steps 0-1 was written
+    code, seen = kill_at_line(graphssl_cmd("run", pipeline, *overrides), "step 3/")
+    assert code == -signal.SIGKILL, seen[-2000:]
     (killed,) = {p.name for p in (workdir / "checkpoints").iterdir()} - {reference}
     state = checkpoint.load(checkpoint.latest_checkpoints(workdir / "checkpoints" / killed)["mae"])
     assert 2 <= state["step"] < 6
