@@ -16,6 +16,7 @@ from pydantic import Field, field_validator
 from graphssl.component import BuildContext, Component, ComponentConfig, In, Out
 from graphssl.ops.augment import color_jitter
 from graphssl.ops.crops import CropPlan, ViewGroup, precut_views, resized_crops
+from graphssl.ops.photometric import normalise
 from graphssl.ports import IMAGES
 from graphssl.registry import register
 
@@ -66,8 +67,8 @@ class Crop(Component):
         c = self.config
         cut = precut_views(images, self.plan)
         if cut is not None:  # cut from the original by the data path: normalise as the input was
-            mean, std = self.mean.to(cut[0])[: cut[0].shape[2]], self.std.to(cut[0])[: cut[0].shape[2]]
-            views = (cut[0][0] - mean) / std
+            ch = cut[0].shape[2]
+            views = normalise(cut[0][0], self.mean[:ch], self.std[:ch])
         else:
             views = resized_crops(images, 1, self.size, c.scale, c.ratio, c.flip_prob, c.interpolation)[0]
         if c.color_jitter > 0:

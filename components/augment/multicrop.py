@@ -31,7 +31,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from graphssl.component import BuildContext, Component, ComponentConfig, In, Out
-from graphssl.ops.augment import color_jitter, random_blur, random_grayscale, random_solarize
+from graphssl.ops.photometric import ColourTable
 from graphssl.ops.crops import CropPlan, ViewGroup, precut_views, resized_crops
 from graphssl.ports import IMAGES
 from graphssl.registry import register
@@ -122,6 +122,8 @@ class MultiCrop(Component):
         self.local_size = c.local_size or max(1, round(self.global_size * 96 / 224))
         self.plan = self.plan_crops(c, ctx.image_size)
         self.kernel_size = c.blur_kernel_size or 2 * math.ceil(3 * c.blur_sigma[1]) + 1
+        self.colour = ColourTable(c.brightness, c.contrast, c.saturation, c.hue, c.jitter_prob, c.jitter_random_order,
+                                  c.grayscale_prob, c.blur_sigma, self.kernel_size, c.solarize_threshold)
         mean = c.mean or getattr(ctx.data, "mean", None) or (0.485, 0.456, 0.406)
         std = c.std or getattr(ctx.data, "std", None) or (0.229, 0.224, 0.225)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
@@ -143,18 +145,14 @@ class MultiCrop(Component):
         return CropPlan(tuple(groups))
 
     def _views(self, cropped: torch.Tensor, first: int) -> torch.Tensor:
-        """Cropped [0,1] pixels [n,B,C,S,S] -> normalised [n,B,C,S,S]; ``first`` indexes the per-view tables."""
-        c = self.config
-        n, b, ch, size = cropped.shape[:3] + cropped.shape[-1:]
-        x = cropped.flatten(0, 1)
-        x = color_jitter(x, c.brightness, c.contrast, c.saturation, c.hue, c.jitter_prob, c.jitter_random_order)
-        x = random_grayscale(x, c.grayscale_prob)
+        """Cropped pixels [n,B,C,S,S] (uint8, or float in [0, 1]) -> normalised float [n,B,C,S,S];
+        ``first`` indexes the per-view tables."""
+        n, b, ch = cropped.shape[:3]
         blur = self.blur_prob[first:first + n].repeat_interleave(b)  # view-major, as the crops
-        x = random_blur(x, blur, c.blur_sigma, self.kernel_size)
         sol = self.solarize_prob[first:first + n].repeat_interleave(b)
-        x = random_solarize(x, sol, c.solarize_threshold)
-        mean, std = self.mean[:ch].to(x), self.std[:ch].to(x)
-        return ((x - mean) / std).view(n, b, ch, size, size)
+        draws = self.colour.draw(n * b, ch, blur, sol)
+        views = self.colour.apply(cropped.flatten(0, 1), draws, self.mean[:ch], self.std[:ch])
+        return views.view(cropped.shape)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.config

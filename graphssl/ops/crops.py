@@ -39,11 +39,11 @@ class CropPlan:
 
 
 def precut_views(images: torch.Tensor, plan: CropPlan) -> list[torch.Tensor] | None:
-    """float[count,B,C,size,size] pixels in [0, 1] per group of ``plan``, if the data path cut them; else None."""
+    """uint8[count,B,C,size,size] pixels per group of ``plan``, if the data path cut them; else None."""
     cut = getattr(images, "precut", None)
     if not cut or plan not in cut:
         return None
-    return [views.float().div_(255) for views in cut[plan]]
+    return list(cut[plan])
 
 
 # ----------------------------------------------------------------------------- crops
