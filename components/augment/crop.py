@@ -14,7 +14,7 @@ import torch
 from pydantic import Field, field_validator
 
 from graphssl.component import BuildContext, Component, ComponentConfig, In, Out
-from graphssl.ops.augment import color_jitter
+from graphssl.ops.jitter import color_jitter
 from graphssl.ops.crops import CropPlan, ViewGroup, precut_views, resized_crops
 from graphssl.ops.photometric import normalise
 from graphssl.ports import IMAGES

@@ -62,24 +62,23 @@ def blend_(x: torch.Tensor, op: torch.Tensor, factor: torch.Tensor) -> torch.Ten
 
     g is 0, the image's mean grey level, or its grey image; ``op`` long[n] picks g and
     ``factor`` float[n] is f (1 leaves an image as it is). Saturation is the identity on
-    one-channel images, whose grey image is the image itself. On a CPU the grey image is
-    made only when some image is desaturated (the mean grey level is then the channel
-    means' weighted sum).
+    one-channel images, whose grey image is the image itself. On a CPU the terms no image
+    needs are skipped (the mean grey level is then the channel means' weighted sum).
     """
     op, f = op.view(-1, 1, 1, 1), _per_image(factor, x)
-    grey = None
     if x.shape[1] == 1:
         f = torch.where(op == 2, torch.ones_like(f), f)
-        mean = x.mean(dim=(-3, -2, -1), keepdim=True)
-    elif not x.is_cpu or bool((op == 2).any()):
-        grey = rgb_to_grayscale(x)
-        mean = grey.mean(dim=(-3, -2, -1), keepdim=True)
-    else:
-        means = x.mean(dim=(-2, -1), keepdim=True)
-        mean = rgb_to_grayscale(means)
+    some = (lambda k: True) if not x.is_cpu else (lambda k: bool((op == k).any()))
+    grey = rgb_to_grayscale(x) if x.shape[1] == 3 and some(2) else None
     w = 1 - f
-    offset = torch.where(op == 1, w * mean, torch.zeros_like(mean))
-    torch.addcmul(offset, x, f, out=x)
+    offset = None
+    if some(1):
+        mean = (grey if grey is not None else rgb_to_grayscale(x.mean(dim=(-2, -1), keepdim=True))).mean(
+            dim=(-3, -2, -1), keepdim=True)
+        offset = torch.where(op == 1, w * mean, torch.zeros_like(mean))
+    x.mul_(f)  # (an addcmul into x with per-image f and offset is several times slower on CPUs)
+    if offset is not None:
+        x.add_(offset)
     if grey is not None:
         x.addcmul_(grey, torch.where(op == 2, w, torch.zeros_like(w)))
     return x.clamp_(0, 1)
@@ -146,80 +145,6 @@ def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
-def draw_jitter(n: int, device: torch.device, brightness: float = 0.4, contrast: float = 0.4,
-                saturation: float = 0.2, hue: float = 0.1, prob: float = 0.8,
-                random_order: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """ColorJitter's draws for n images: (jittered bool[n], factors float[n,4], order long[n,4] or None).
-
-    brightness, contrast, saturation ~ U[max(0, 1-v), 1+v], hue ~ U[-v, v]; images not
-    jittered get neutral factors. With ``random_order`` each image gets its own order of
-    the four ops (ColorJitter's per-call ``randperm(4)``).
-    """
-    on = torch.rand(n, device=device) < prob
-
-    def factor(v: float, centre: float) -> torch.Tensor:
-        lo = max(0.0, centre - v) if centre == 1.0 else -v
-        f = torch.empty(n, device=device).uniform_(lo, centre + v)
-        return torch.where(on, f, torch.full_like(f, centre))
-
-    factors = torch.stack([factor(brightness, 1.0), factor(contrast, 1.0), factor(saturation, 1.0),
-                           factor(hue, 0.0)], dim=1)
-    order = torch.rand(n, 4, device=device).argsort(dim=1) if random_order else None
-    return on, factors, order
-
-
-def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.2,
-                 hue: float = 0.1, prob: float = 0.8, random_order: bool = True) -> torch.Tensor:
-    """torchvision's ColorJitter applied to each image with probability ``prob`` (see :func:`draw_jitter`);
-    ops whose strength is 0 are skipped. x is left as it was."""
-    on, factors, order = draw_jitter(x.shape[0], x.device, brightness, contrast, saturation, hue, prob, random_order)
-    active = (brightness > 0, contrast > 0, saturation > 0, hue > 0)
-    gather = x.device.type == "cpu"
-    return on_images_(x.clone(), on, lambda sub, i: jitter_in_order_(sub, factors[i], None if order is None else order[i],
-                                                                     active, gather), gather)
-
-
-def jitter_in_order_(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor | None = None,
-                     active: tuple[bool, ...] = (True, True, True, True), gather: bool | None = None) -> torch.Tensor:
-    """Apply brightness, contrast, saturation, hue with ``factors`` float[n,4], image i in
-    the order ``order[i]`` (long[n,4]: the op index at each position; None = 0, 1, 2, 3), in place.
-
-    Hue (the costly op) runs once per image; the cheap ops, all blends, run as one
-    per-image blend per position (:func:`blend_`): first the positions before each
-    image's hue, then hue, then the positions after it. At each position only the
-    images whose op there falls on that side of their hue are blended (gathered on a
-    CPU; elsewhere the others get factor 1, without a host synchronisation). Ops
-    flagged inactive are skipped.
-    """
-    gather = x.device.type == "cpu" if gather is None else gather
-    if order is None:
-        for k, fn in enumerate(JITTER_OPS):
-            if active[k]:
-                x = hue_(x, factors[:, 3]) if k == 3 else blend_(x, torch.full_like(factors[:, 0], k).long(), factors[:, k])
-        return x
-    if not active[3]:  # hue inactive: its position does not matter
-        order = torch.cat([order[order != 3].view(-1, 3), order[:, :1].new_full((order.shape[0], 1), 3)], dim=1)
-    hue_pos = order.argsort(dim=1)[:, 3]
-    skip = torch.tensor([not a for a in active[:3]], device=factors.device)
-    cheap = factors[:, :3].masked_fill(skip, 1.0)  # factor 1: an inactive op leaves the image as it is
-    stages = (("before", range(0, 3)), ("after", range(1, 4))) if active[3] else (("before", range(0, 3)),)
-    for stage, positions in stages:
-        for position in positions:
-            side = position < hue_pos if stage == "before" else position > hue_pos
-            op = order[:, position].clamp(max=2)  # 3 (hue) only where ``side`` is False
-            f = cheap.gather(1, op[:, None])[:, 0]
-            x = on_images_(x, side, lambda sub, i: blend_(sub, op[i], f[i]), gather)
-        if stage == "before" and active[3]:
-            x = hue_(x, factors[:, 3])
-    return x
-
-
-def jitter_in_order(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor | None = None,
-                    active: tuple[bool, ...] = (True, True, True, True), gather: bool | None = None) -> torch.Tensor:
-    """:func:`jitter_in_order_` on a copy of x."""
-    return jitter_in_order_(x.clone(), factors, order, active, gather)
-
-
 def grayscale_(x: torch.Tensor) -> torch.Tensor:
     """x <- its grey image, kept at C channels, in place."""
     return x if x.shape[1] == 1 else x.copy_(rgb_to_grayscale(x).expand_as(x))
@@ -228,14 +153,17 @@ def grayscale_(x: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- blur, solarize
 
 
+NEGLIGIBLE_WEIGHT = 1e-9  # all of a kernel's weights under this sum to less than half a float32 step at 0.5
+
+
 def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """float[n] -> float[n, kernel_size]: normalised 1-D Gaussians exp(-x^2 / 2 sigma^2), weights under 1e-12 zeroed."""
+    """float[n] -> float[n, kernel_size]: normalised 1-D Gaussians exp(-x^2 / 2 sigma^2), negligible weights zeroed
+    (subnormal ones would also slow every multiply by them many times over)."""
     half = (kernel_size - 1) / 2
     xs = torch.linspace(-half, half, kernel_size, device=sigma.device, dtype=sigma.dtype)
     k = torch.exp(-(xs[None] ** 2) / (2 * sigma[:, None] ** 2))
     k = k / k.sum(dim=1, keepdim=True)
-    # weights this small change no pixel, but subnormal ones would slow every multiply by them many times over
-    return k.masked_fill(k < 1e-12, 0.0)
+    return k.masked_fill(k < NEGLIGIBLE_WEIGHT, 0.0)
 
 
 def _taps(padded: torch.Tensor, weights: torch.Tensor, dim: int, size: int) -> torch.Tensor:
@@ -250,12 +178,16 @@ def _taps(padded: torch.Tensor, weights: torch.Tensor, dim: int, size: int) -> t
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Separable Gaussian blur with one sigma per image, reflect padding (as torchvision's GaussianBlur).
 
-    float[n,C,H,W], sigma float[n]. ``kernel_size`` (odd) is shrunk to fit the image.
+    float[n,C,H,W], sigma float[n]. ``kernel_size`` (odd) is shrunk to fit the image; on a CPU
+    also to the taps some image weighs (a small sigma needs few).
     """
     n, c, h, w = x.shape
     kernel_size = min(kernel_size, 2 * (min(h, w) - 1) + 1)
-    pad = kernel_size // 2
     k = gaussian_kernels(sigma.to(x.dtype), kernel_size)  # [n, K]
+    if x.is_cpu:
+        unused = int((k == 0).all(dim=0).int().argmin())  # zero taps at each end (the kernels are symmetric)
+        k = k[:, unused:kernel_size - unused]
+    pad = k.shape[1] // 2
     y = _taps(F.pad(x, (pad, pad, 0, 0), mode="reflect"), k, 3, w)
     return _taps(F.pad(y, (0, 0, pad, pad), mode="reflect"), k, 2, h)
 

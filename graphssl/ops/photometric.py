@@ -13,12 +13,13 @@ synchronisation.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from graphssl.ops.augment import draw_jitter, gaussian_blur, grayscale_, jitter_in_order_, on_images_, solarize_
+from graphssl.ops.augment import gaussian_blur, grayscale_, on_images_, solarize_
+from graphssl.ops.jitter import JitterStep, draw_jitter, jitter_steps, run_steps_
 
 CHUNK_PIXELS = 1 << 16  # per chunk of a CPU pass: 768 KB of float RGB, within a core's L2 cache
 
@@ -28,16 +29,16 @@ class ColourDraws:
     """The random choices of n images (index with :meth:`take`)."""
 
     jitter: torch.Tensor  # bool[n]
-    factors: torch.Tensor  # float[n,4]: brightness, contrast, saturation, hue
-    order: torch.Tensor | None  # long[n,4], or None: the fixed order
+    steps: list[JitterStep]  # the jitter's blends and hue shift (:func:`~graphssl.ops.jitter.jitter_steps`)
     grey: torch.Tensor | None  # bool[n], or None: no grayscale op
     sigma: torch.Tensor  # float[n]
     blur: torch.Tensor  # bool[n]
     solarize: torch.Tensor  # bool[n]
 
     def take(self, index) -> "ColourDraws":
-        return ColourDraws(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
-                              for f in fields(self)})
+        return ColourDraws(self.jitter[index], [s.take(index) for s in self.steps],
+                           None if self.grey is None else self.grey[index], self.sigma[index], self.blur[index],
+                           self.solarize[index])
 
 
 @dataclass(frozen=True)
@@ -60,13 +61,14 @@ class ColourTable:
         device = blur_prob.device
         jitter, factors, order = draw_jitter(n, device, self.brightness, self.contrast, self.saturation, self.hue,
                                              self.jitter_prob, self.random_order)
+        steps = jitter_steps(factors, order, (self.brightness > 0, self.contrast > 0, self.saturation > 0, self.hue > 0))
         grey = None
         if channels > 1 and self.grayscale_prob > 0:
             grey = torch.rand(n, device=device) < self.grayscale_prob
         sigma = torch.empty(n, device=device).uniform_(*self.blur_sigma)
         blur = torch.rand(n, device=device) < blur_prob
         solarize = torch.rand(n, device=device) < solarize_prob
-        return ColourDraws(jitter, factors, order, grey, sigma, blur, solarize)
+        return ColourDraws(jitter, steps, grey, sigma, blur, solarize)
 
     def apply(self, views: torch.Tensor, draws: ColourDraws, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         """uint8 [0, 255] or float [0, 1] pixels [n,C,H,W] -> the table's views, float, normalised with
@@ -75,9 +77,7 @@ class ColourTable:
         return normalise(views, mean, std, lambda x, part: self._ops(x, draws.take(part), gather))
 
     def _ops(self, x: torch.Tensor, d: ColourDraws, gather: bool) -> torch.Tensor:
-        active = (self.brightness > 0, self.contrast > 0, self.saturation > 0, self.hue > 0)
-        x = on_images_(x, d.jitter, lambda sub, i: jitter_in_order_(
-            sub, d.factors[i], None if d.order is None else d.order[i], active, gather), gather)
+        x = on_images_(x, d.jitter, lambda sub, i: run_steps_(sub, [s.take(i) for s in d.steps], gather), gather)
         if d.grey is not None:
             x = on_images_(x, d.grey, lambda sub, i: grayscale_(sub), gather)
         x = on_images_(x, d.blur, lambda sub, i: gaussian_blur(sub, d.sigma[i], self.kernel_size), gather)

@@ -5,8 +5,9 @@ import torchvision.transforms.v2.functional as TF
 from pydantic import ValidationError
 
 from graphssl.component import BuildContext
-from graphssl.ops.augment import (adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, color_jitter,
-                                  gaussian_blur, gaussian_kernels, rgb_to_grayscale, solarize)
+from graphssl.ops.augment import (adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, gaussian_blur,
+                                  gaussian_kernels, rgb_to_grayscale, solarize)
+from graphssl.ops.jitter import color_jitter
 from graphssl.registry import get
 
 CTX = BuildContext(image_size=32, channels=3)
@@ -156,7 +157,8 @@ def test_config_errors():
 
 
 def test_jitter_in_order_matches_per_image_loop():
-    from graphssl.ops.augment import JITTER_OPS, jitter_in_order
+    from graphssl.ops.augment import JITTER_OPS
+    from graphssl.ops.jitter import jitter_in_order
     torch.manual_seed(5)
     n = 24
     x = torch.rand(n, 3, 6, 6)
@@ -180,7 +182,8 @@ def test_jitter_in_order_matches_per_image_loop():
 def test_jitter_in_order_with_inactive_ops_and_grey_images_matches_per_image_loop(channels, active):
     import itertools
 
-    from graphssl.ops.augment import JITTER_OPS, jitter_in_order
+    from graphssl.ops.augment import JITTER_OPS
+    from graphssl.ops.jitter import jitter_in_order
     torch.manual_seed(6)
     n = 24
     x = torch.rand(n, channels, 6, 6)
