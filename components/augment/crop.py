@@ -16,6 +16,7 @@ from pydantic import Field, field_validator
 from graphssl.component import BuildContext, Component, ComponentConfig, In, Out
 from graphssl.ops.jitter import color_jitter
 from graphssl.ops.crops import CropPlan, ViewGroup, precut_views, resized_crops
+from graphssl.ops.buffers import BufferPool
 from graphssl.ops.photometric import normalise
 from graphssl.ports import IMAGES
 from graphssl.registry import register
@@ -52,6 +53,7 @@ class Crop(Component):
         super().__init__(config, ctx)
         self.size = config.size or ctx.image_size
         self.plan = self.plan_crops(config, ctx.image_size)
+        self.buffers = BufferPool()  # the views' memory, reused from step to step on a CPU
         mean = config.mean or getattr(ctx.data, "mean", None) or (0.485, 0.456, 0.406)
         std = config.std or getattr(ctx.data, "std", None) or (0.229, 0.224, 0.225)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
@@ -68,7 +70,7 @@ class Crop(Component):
         cut = precut_views(images, self.plan)
         if cut is not None:  # cut from the original by the data path: normalise as the input was
             ch = cut[0].shape[2]
-            views = normalise(cut[0][0], self.mean[:ch], self.std[:ch])
+            views = normalise(cut[0][0], self.mean[:ch], self.std[:ch], pool=self.buffers)
         else:
             views = resized_crops(images, 1, self.size, c.scale, c.ratio, c.flip_prob, c.interpolation)[0]
         if c.color_jitter > 0:

@@ -31,6 +31,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from graphssl.component import BuildContext, Component, ComponentConfig, In, Out
+from graphssl.ops.buffers import BufferPool
 from graphssl.ops.photometric import ColourTable
 from graphssl.ops.crops import CropPlan, ViewGroup, precut_views, resized_crops
 from graphssl.ports import IMAGES
@@ -122,6 +123,7 @@ class MultiCrop(Component):
         self.local_size = c.local_size or max(1, round(self.global_size * 96 / 224))
         self.plan = self.plan_crops(c, ctx.image_size)
         self.kernel_size = c.blur_kernel_size or 2 * math.ceil(3 * c.blur_sigma[1]) + 1
+        self.buffers = BufferPool()  # the views' memory, reused from step to step on a CPU
         self.colour = ColourTable(c.brightness, c.contrast, c.saturation, c.hue, c.jitter_prob, c.jitter_random_order,
                                   c.grayscale_prob, c.blur_sigma, self.kernel_size, c.solarize_threshold)
         mean = c.mean or getattr(ctx.data, "mean", None) or (0.485, 0.456, 0.406)
@@ -151,7 +153,7 @@ class MultiCrop(Component):
         blur = self.blur_prob[first:first + n].repeat_interleave(b)  # view-major, as the crops
         sol = self.solarize_prob[first:first + n].repeat_interleave(b)
         draws = self.colour.draw(n * b, ch, blur, sol)
-        views = self.colour.apply(cropped.flatten(0, 1), draws, self.mean[:ch], self.std[:ch])
+        views = self.colour.apply(cropped.flatten(0, 1), draws, self.mean[:ch], self.std[:ch], self.buffers)
         return views.view(cropped.shape)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

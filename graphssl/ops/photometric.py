@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from graphssl.ops.augment import gaussian_blur, grayscale_, on_images_, solarize_
+from graphssl.ops.buffers import BufferPool
 from graphssl.ops.jitter import JitterStep, draw_jitter, jitter_steps, run_steps_
 
 CHUNK_PIXELS = 1 << 16  # per chunk of a CPU pass: 768 KB of float RGB, within a core's L2 cache
@@ -70,11 +71,12 @@ class ColourTable:
         solarize = torch.rand(n, device=device) < solarize_prob
         return ColourDraws(jitter, steps, grey, sigma, blur, solarize)
 
-    def apply(self, views: torch.Tensor, draws: ColourDraws, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    def apply(self, views: torch.Tensor, draws: ColourDraws, mean: torch.Tensor, std: torch.Tensor,
+              pool: BufferPool | None = None) -> torch.Tensor:
         """uint8 [0, 255] or float [0, 1] pixels [n,C,H,W] -> the table's views, float, normalised with
         ``mean``/``std`` ([C,1,1]); see :func:`normalise`."""
         gather = views.device.type == "cpu"
-        return normalise(views, mean, std, lambda x, part: self._ops(x, draws.take(part), gather))
+        return normalise(views, mean, std, lambda x, part: self._ops(x, draws.take(part), gather), pool)
 
     def _ops(self, x: torch.Tensor, d: ColourDraws, gather: bool) -> torch.Tensor:
         x = on_images_(x, d.jitter, lambda sub, i: run_steps_(sub, [s.take(i) for s in d.steps], gather), gather)
@@ -85,20 +87,21 @@ class ColourTable:
 
 
 def normalise(views: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-              op: Callable[[torch.Tensor, slice], torch.Tensor] | None = None) -> torch.Tensor:
+              op: Callable[[torch.Tensor, slice], torch.Tensor] | None = None,
+              pool: BufferPool | None = None) -> torch.Tensor:
     """uint8 [0, 255] or float [0, 1] pixels [n,C,H,W] -> float (x - mean) / std, with ``op(pixels, images)``
     (float [0, 1] pixels of ``views[images]``, which it may overwrite) applied first.
 
     On a CPU each chunk of about ``CHUNK_PIXELS`` pixels is converted, given to ``op`` and
-    normalised while it is in cache, straight into the one output tensor; elsewhere the
-    whole batch is done at once. ``views`` is left as it was.
+    normalised while it is in cache, straight into the one output tensor (from ``pool``
+    when given); elsewhere the whole batch is done at once. ``views`` is left as it was.
     """
     dtype = views.dtype if views.is_floating_point() else torch.float32
     mean, std = mean.to(views.device, dtype), std.to(views.device, dtype)
     if views.device.type != "cpu":
         x = views.to(dtype).div_(255) if not views.is_floating_point() else views.clone()
         return (x if op is None else op(x, slice(None))).sub_(mean).div_(std)
-    out = torch.empty(views.shape, dtype=dtype)
+    out = torch.empty(views.shape, dtype=dtype) if pool is None else pool.empty(views.shape, dtype)
     per_chunk = max(1, CHUNK_PIXELS // (views.shape[-1] * views.shape[-2]))
     for start in range(0, views.shape[0], per_chunk):
         part = slice(start, start + per_chunk)
