@@ -3,7 +3,9 @@
 # bf16 autocast, every encoder.vit resized to ViT-S (384 wide, 12 blocks) and then
 # ViT-B (768 wide, 12 blocks), patch 4 on 32 px images (64 tokens), batch 256.
 # It runs benchmarks/throughput.py (interleaved rounds, medians; CUDA allocator peaks)
-# and writes benchmarks/results/gpu_vit_small.json and gpu_vit_base.json.
+# and writes benchmarks/results/gpu_vit_small.json and gpu_vit_base.json. Then the data path with the
+# batched colour ops on the GPU: benchmarks/data.py --device cuda (DATA_WORKERS loader workers, default 8,
+# on a generated folder of 4000 JPEGs) -> benchmarks/results/gpu_data.json.
 #
 #   bash benchmarks/gpu.sh                       # on a CUDA machine (a few minutes on one H100/H200)
 #   bash benchmarks/gpu.sh --cpu-smoke           # the same code path on CPU: tiny ViT, batch 4, one step
@@ -12,7 +14,7 @@
 # Needs Fashion-MNIST: `apt-get install dataset-fashion-mnist`, or DATA_ROOT=a folder holding its
 # IDX files (train-images-idx3-ubyte.gz ...) on a machine without the package and without network.
 # Environment: ROUNDS (5), STEPS (10 per round), BATCH (256), SIZES ("small base"), DATA_ROOT,
-# SMOKE_OUT (folder of the smoke JSON, default a temporary folder).
+# SMOKE_OUT (folder of the smoke JSON, default a temporary folder), DATA_WORKERS (8).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra=()
@@ -51,4 +53,7 @@ for size in ${SIZES:-small base}; do
     --batch-size "${BATCH:-256}" --rounds "${ROUNDS:-5}" --steps-per-round "${STEPS:-10}" --warmup 3 \
     --out "benchmarks/results/gpu_vit_${size}.json" ${extra[@]+"${extra[@]}"} "$@" || status=$?
 done
+echo "== data path: views cut by ${DATA_WORKERS:-8} workers, colour ops on the GPU"
+python benchmarks/data.py --device cuda --workers "${DATA_WORKERS:-8}" --images 4000 --batches 24 \
+  --out benchmarks/results/gpu_data.json || status=$?
 exit $status
