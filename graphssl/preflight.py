@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from graphssl.data.sources import count_train_images
 from graphssl.errors import Problem
 from graphssl.names import mlflow_key_problem
 
@@ -18,8 +19,6 @@ if TYPE_CHECKING:
 
 # Training-split sizes of the in-memory datasets (known without reading them).
 TRAIN_SIZES = {"fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000}
-# What graphssl.data reads from an image folder.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # The stage run's curves (Trainer.train_step and fit); "loss/NODE" are the loss parts.
 TRAINING_METRICS = ("loss", "lr", "weight_decay", "images_per_s", "step_time_s", "data_wait_s")
 
@@ -39,14 +38,13 @@ def stage_problems(prepared: "Prepared", processes: int | None = None) -> list[P
 
 
 # -- data -------------------------------------------------------------------------------
-def train_size(cfg: "DataConfig") -> int | None:
-    """Training images the stage will have (after data.limit), or None where only reading would tell."""
+def train_size(cfg: "DataConfig", enough: int) -> int | None:
+    """Training images the stage will have (after data.limit), counted up to ``enough``, or None where only
+    reading would tell."""
     if cfg.dataset == "image_folder":
-        folder = Path(cfg.root or "").expanduser() / "train"
-        if not cfg.root or not folder.is_dir():
+        if not cfg.root or not Path(cfg.root).expanduser().is_dir():
             return None  # the data loader says what is missing
-        size = sum(1 for cls in folder.iterdir() if cls.is_dir()
-                   for f in cls.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        size = count_train_images(cfg.root, enough)
     else:
         size = TRAIN_SIZES.get(cfg.dataset)
     if size is None:
@@ -57,7 +55,7 @@ def train_size(cfg: "DataConfig") -> int | None:
 def data_problems(prepared: "Prepared", processes: int) -> list[Problem]:
     cfg, loaded = prepared.cfg.data, prepared.loaded
     problems = []
-    size = train_size(cfg)
+    size = train_size(cfg, cfg.batch_size * processes)
     if size is not None and cfg.batch_size * processes > size:
         limited = f" (data.limit {cfg.limit})" if cfg.limit and cfg.limit == size else ""
         per = f" x {processes} processes" if processes > 1 else ""

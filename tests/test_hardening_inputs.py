@@ -198,6 +198,22 @@ def test_a_batch_larger_than_an_image_folder_is_an_error(workdir, capsys):
     assert not (workdir / "mlflow.db").exists()
 
 
+@pytest.mark.parametrize("layout", ["flat", "nested", "tiff"])
+def test_the_batch_check_counts_the_images_the_data_path_reads(workdir, layout):
+    """An unlabeled train/ of images, class folders with sub-folders, and .tif files are all read by the data
+    path; the preflight count must find them too instead of refusing the batch."""
+    root = workdir / "images"
+    for i in range(8):
+        folder = {"flat": root / "train", "nested": root / "train" / "a" / f"part{i % 2}",
+                  "tiff": root / "train" / "a"}[layout]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (30 * i, 0, 0)).save(folder / f"{i}.{'tif' if layout == 'tiff' else 'png'}")
+    plan_pipeline(write(workdir / "p.yaml", tiny(data={"dataset": "image_folder", "root": str(root), "limit": None})),
+                  ["data.batch_size=8"])
+    with pytest.raises(PipelineError, match=r"a batch of 9 is more than the 8 training images"):
+        plan_pipeline(workdir / "p.yaml", ["data.batch_size=9"])
+
+
 def test_the_training_metric_names_evaluators_may_not_take_are_those_the_trainer_logs(workdir):
     plan = plan_pipeline(write(workdir / "p.yaml", tiny()))
     trainer = build_trainer(plan.last, plan, torch.device("cpu"))

@@ -15,6 +15,7 @@ import os
 import shutil
 import tarfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -59,12 +60,14 @@ def class_ids(names: list[str], classes: list[str], where: str) -> torch.Tensor:
 # ----------------------------------------------------------------------------- folders
 
 
-def _images_under(folder: Path) -> list[str]:
-    found = []
+def _image_paths(folder: Path) -> Iterator[str]:
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames.sort()
-        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_SUFFIXES))
-    return found
+        yield from (os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_SUFFIXES))
+
+
+def _images_under(folder: Path) -> list[str]:
+    return list(_image_paths(folder))
 
 
 class FolderSource(Source):
@@ -94,6 +97,26 @@ class FolderSource(Source):
 
     def name(self, i: int) -> str:
         return self.paths[i]
+
+
+def _train_folders(base: Path) -> list[Path]:
+    """The folders whose images :func:`folder_sources` trains on (an unlabeled root, train/, or its classes)."""
+    train_dir = base / "train"
+    if not train_dir.is_dir():
+        return [base]
+    classes = sorted(d for d in train_dir.iterdir() if d.is_dir())
+    return classes or [train_dir]
+
+
+def count_train_images(root: str, at_most: int) -> int:
+    """The training images :func:`folder_sources` finds under an existing ``root``, counted up to ``at_most``."""
+    found = 0
+    for folder in _train_folders(Path(root).expanduser()):
+        for _ in _image_paths(folder):
+            found += 1
+            if found >= at_most:
+                return found
+    return found
 
 
 def folder_sources(root: str | None) -> tuple[Source, Source | None]:
