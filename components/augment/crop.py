@@ -14,9 +14,9 @@ import torch
 from pydantic import Field, field_validator
 
 from graphssl.component import BuildContext, Component, ComponentConfig, In, Out
-from graphssl.ops.jitter import color_jitter
-from graphssl.ops.crops import CropPlan, ViewGroup, precut_views, resized_crops
 from graphssl.ops.buffers import BufferPool
+from graphssl.ops.crops import CropPlan, ViewGroup, precut_views, resized_crops
+from graphssl.ops.jitter import draw_jitter, jitter_steps, run_steps_
 from graphssl.ops.photometric import normalise
 from graphssl.ports import IMAGES
 from graphssl.registry import register
@@ -53,7 +53,7 @@ class Crop(Component):
         super().__init__(config, ctx)
         self.size = config.size or ctx.image_size
         self.plan = self.plan_crops(config, ctx.image_size)
-        self.buffers = BufferPool()  # the views' memory, reused from step to step on a CPU
+        self.output_memory = BufferPool()  # reused from step to step on a CPU
         mean = config.mean or getattr(ctx.data, "mean", None) or (0.485, 0.456, 0.406)
         std = config.std or getattr(ctx.data, "std", None) or (0.229, 0.224, 0.225)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
@@ -67,15 +67,23 @@ class Crop(Component):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.config
+        ch = images.shape[1]
+        mean, std = self.mean[:ch].to(images.device), self.std[:ch].to(images.device)
         cut = precut_views(images, self.plan)
-        if cut is not None:  # cut from the original by the data path: normalise as the input was
-            ch = cut[0].shape[2]
-            views = normalise(cut[0][0], self.mean[:ch], self.std[:ch], pool=self.buffers)
+        if cut is not None:  # cut from the original by the data path (uint8)
+            pixels = cut[0][0]
         else:
             views = resized_crops(images, 1, self.size, c.scale, c.ratio, c.flip_prob, c.interpolation)[0]
-        if c.color_jitter > 0:
-            mean, std = self.mean.to(views)[: views.shape[1]], self.std.to(views)[: views.shape[1]]
+            if c.color_jitter == 0:
+                return {"images": views}
             pixels = (views * std + mean).clamp(0, 1)
-            pixels = color_jitter(pixels, c.color_jitter, c.color_jitter, c.color_jitter, 0.0, prob=1.0)
-            views = (pixels - mean) / std
-        return {"images": views}
+        if c.color_jitter == 0:
+            return {"images": normalise(pixels, mean, std, pool=self.output_memory)}
+        v = c.color_jitter  # ColorJitter(v, v, v) on every image, drawn once for the batch
+        _, factors, order = draw_jitter(pixels.shape[0], images.device, v, v, v, 0.0, prob=1.0)
+        steps = jitter_steps(factors, order, (True, True, True, False))
+
+        def jitter(x: torch.Tensor, part: slice) -> torch.Tensor:
+            return run_steps_(x, [s.take(part) for s in steps])
+
+        return {"images": normalise(pixels, mean, std, jitter, self.output_memory)}

@@ -123,7 +123,7 @@ class MultiCrop(Component):
         self.local_size = c.local_size or max(1, round(self.global_size * 96 / 224))
         self.plan = self.plan_crops(c, ctx.image_size)
         self.kernel_size = c.blur_kernel_size or 2 * math.ceil(3 * c.blur_sigma[1]) + 1
-        self.buffers = BufferPool()  # the views' memory, reused from step to step on a CPU
+        self.output_memory = BufferPool()  # reused from step to step on a CPU
         self.colour = ColourTable(c.brightness, c.contrast, c.saturation, c.hue, c.jitter_prob, c.jitter_random_order,
                                   c.grayscale_prob, c.blur_sigma, self.kernel_size, c.solarize_threshold)
         mean = c.mean or getattr(ctx.data, "mean", None) or (0.485, 0.456, 0.406)
@@ -153,7 +153,7 @@ class MultiCrop(Component):
         blur = self.blur_prob[first:first + n].repeat_interleave(b)  # view-major, as the crops
         sol = self.solarize_prob[first:first + n].repeat_interleave(b)
         draws = self.colour.draw(n * b, ch, blur, sol)
-        views = self.colour.apply(cropped.flatten(0, 1), draws, self.mean[:ch], self.std[:ch], self.buffers)
+        views = self.colour.apply(cropped.flatten(0, 1), draws, self.mean[:ch], self.std[:ch], self.output_memory)
         return views.view(cropped.shape)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

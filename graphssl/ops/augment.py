@@ -1,12 +1,13 @@
 """Batched photometric augmentations as tensor ops on the images' device.
 
 Pure functions shared by ``augment.crop`` and ``augment.multicrop`` (the crops
-are :mod:`graphssl.ops.crops`, the per-view colour table that applies them in
-cache-sized chunks is :mod:`graphssl.ops.photometric`). Images are
-``float[n,C,H,W]`` with pixels in [0, 1] (un-normalise first). Every random
-draw is made with ``torch`` on the images' device, so ``torch.manual_seed``
-makes them repeatable. The ops follow torchvision's tensor implementations
-(ColorJitter, RandomGrayscale, GaussianBlur, RandomSolarize).
+are :mod:`graphssl.ops.crops`, ColorJitter's batched draws and op orders
+:mod:`graphssl.ops.jitter`, the per-view colour table that applies them in
+cache-sized chunks :mod:`graphssl.ops.photometric`). Images are
+``float[n,C,H,W]`` with pixels in [0, 1] (un-normalise first); per-image
+parameters come as tensors, drawn by the callers. The ops follow torchvision's
+tensor implementations (ColorJitter, RandomGrayscale, GaussianBlur,
+RandomSolarize).
 
 Functions ending in ``_`` overwrite their input (and return it); they exist
 because on a CPU every fresh full-batch tensor costs its page faults, which
@@ -62,8 +63,9 @@ def blend_(x: torch.Tensor, op: torch.Tensor, factor: torch.Tensor) -> torch.Ten
 
     g is 0, the image's mean grey level, or its grey image; ``op`` long[n] picks g and
     ``factor`` float[n] is f (1 leaves an image as it is). Saturation is the identity on
-    one-channel images, whose grey image is the image itself. On a CPU the terms no image
-    needs are skipped (the mean grey level is then the channel means' weighted sum).
+    one-channel images, whose grey image is the image itself. The mean grey level is the
+    channel means' weighted sum (the grey image's mean, without making it); on a CPU the
+    terms no image needs are skipped, which changes no image's result.
     """
     op, f = op.view(-1, 1, 1, 1), _per_image(factor, x)
     if x.shape[1] == 1:
@@ -73,8 +75,7 @@ def blend_(x: torch.Tensor, op: torch.Tensor, factor: torch.Tensor) -> torch.Ten
     w = 1 - f
     offset = None
     if some(1):
-        mean = (grey if grey is not None else rgb_to_grayscale(x.mean(dim=(-2, -1), keepdim=True))).mean(
-            dim=(-3, -2, -1), keepdim=True)
+        mean = rgb_to_grayscale(x.mean(dim=(-2, -1), keepdim=True))
         offset = torch.where(op == 1, w * mean, torch.zeros_like(mean))
     x.mul_(f)  # (an addcmul into x with per-image f and offset is several times slower on CPUs)
     if offset is not None:

@@ -3,9 +3,8 @@
 Per image: ColorJitter with probability ``jitter_prob``, grayscale with
 ``grayscale_prob``, Gaussian blur (sigma ~ U[blur_sigma]) and solarization
 each with a per-image probability, then normalisation. :meth:`ColourTable.draw`
-makes every random choice of a batch up front (in the order the single ops of
-:mod:`graphssl.ops.augment` draw them), so how the batch is then cut into
-pieces changes no output. :meth:`ColourTable.apply` runs on a CPU in chunks of
+makes every random choice of a batch up front, on the device of its per-image
+probabilities, so how the batch is then cut into pieces changes no output. :meth:`ColourTable.apply` runs on a CPU in chunks of
 about ``CHUNK_PIXELS`` pixels, each converted, sent through the whole table and
 normalised while it is in cache, computing each op on the images that drew it
 only; on an accelerator it runs on the whole batch without a host

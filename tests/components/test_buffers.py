@@ -40,3 +40,18 @@ def test_beyond_keep_buffers_are_plain_tensors():
     pool = BufferPool(keep=1)
     held = [pool.empty(SHAPE) for _ in range(3)]
     assert len({t.data_ptr() for t in held}) == 3
+
+
+def test_shared_buffers_and_shapes_long_unused_are_let_go():
+    pool = BufferPool(keep=1, shapes=2)
+    a = pool.empty(SHAPE)
+    a.share_memory_()  # another process may read it: never hand it out again
+    del a
+    assert not pool.empty(SHAPE).is_shared()
+    pool = BufferPool(keep=1, shapes=2)
+    x = pool.empty((2, 2))
+    kept = x.data_ptr()
+    del x
+    pool.empty((3, 3))
+    pool.empty((4, 4))  # a third shape: (2, 2), the least recently used, is dropped
+    assert pool.empty((2, 2)).data_ptr() != kept and len(pool._held) == 2

@@ -35,10 +35,12 @@ def test_chunked_cpu_path_equals_the_batched_path(channels, size, monkeypatch):
     d = draws(table, n, channels)
     mean, std = MEAN[:channels], STD[:channels]
     reference = table._ops(pixels.float().div(255), d, gather=False).sub_(mean).div_(std)
+    outputs = []
     for chunk_images in (1, 3, n):
         monkeypatch.setattr(photometric, "CHUNK_PIXELS", chunk_images * size * size)
-        got = table.apply(pixels, d, mean, std)
-        assert torch.allclose(got, reference, atol=1e-5), chunk_images
+        outputs.append(table.apply(pixels, d, mean, std))
+        assert torch.allclose(outputs[-1], reference, atol=1e-5), chunk_images
+    assert all(torch.equal(outputs[0], o) for o in outputs[1:])  # how the batch is cut changes no bit
     assert d.jitter.any() and (~d.jitter).any() and d.blur.any() and d.solarize.any()  # every branch was taken
 
 
@@ -120,3 +122,27 @@ def test_blur_with_trimmed_taps_matches_torchvision(sigma):
     assert torch.allclose(out, ref, atol=2e-6)
     mixed = gaussian_blur(x, torch.tensor([0.1, 2.0]), 13)  # one chunk: the widest kernel decides
     assert torch.allclose(mixed[1], ref[1] if sigma == 2.0 else TF.gaussian_blur(x[1], [13, 13], [2.0, 2.0]), atol=2e-6)
+
+
+def test_crop_jitters_views_the_data_path_cut():
+    """augment.crop with color_jitter on uint8 views cut by a streaming data path: ColorJitter(v, v, v) on
+    [0, 1] pixels, then normalised; drawn once per batch, so seeded runs repeat."""
+    from graphssl.component import BuildContext
+    from graphssl.ops.crops import precut_views
+    from graphssl.registry import get
+
+    cls = get("augment.crop")
+    module = cls(cls.Config(size=16, color_jitter=0.4), BuildContext(image_size=16, channels=3))
+    cut = torch.randint(0, 256, (1, 6, 3, 16, 16), dtype=torch.uint8)
+    images = torch.zeros(6, 3, 16, 16)
+    images.precut = {module.plan: [cut]}
+    assert precut_views(images, module.plan)[0] is cut
+    torch.manual_seed(4)
+    a = module(images=images)["images"]
+    torch.manual_seed(4)
+    b = module(images=images)["images"]
+    plain = (cut[0].float() / 255 - module.mean) / module.std
+    assert torch.equal(a, b) and a.shape == (6, 3, 16, 16)
+    assert (a - plain).abs().flatten(1).amax(1).min() > 1e-3  # every image jittered
+    pixels = a * module.std + module.mean
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
