@@ -54,10 +54,13 @@ def data_loading(r: dict, where: str) -> list[str]:
     for name, label, target in (("dino", "DINO 2x224 + 10x96", ">= 1.5x"), ("mae", "MAE 1x224", ">= 1.0x")):
         x = r[name]
         g, o = x["graphssl_workers"], x["official_workers"]
-        others = ", ".join(f"{v['speedup']:.2f}x with {k.split('_')[1]} workers" for k, v in x["splits"].items()
+        def workers(n: int) -> str:
+            return f"{n} worker{'' if n == 1 else 's'}"
+
+        others = ", ".join(f"{v['speedup']:.2f}x with {workers(int(k.split('_')[1]))}" for k, v in x["splits"].items()
                            if k.startswith("graphssl") and k != f"graphssl_{g}_workers")
-        out.append(f"| {label} | {x['graphssl_images_per_s']:.0f} ({g} worker{'' if g == 1 else 's'}) | "
-                   f"{x['graphssl_loader_images_per_s']:.0f} | {x['official_images_per_s']:.0f} ({o} workers) | "
+        out.append(f"| {label} | {x['graphssl_images_per_s']:.0f} ({workers(g)}) | "
+                   f"{x['graphssl_loader_images_per_s']:.0f} | {x['official_images_per_s']:.0f} ({workers(o)}) | "
                    f"**{x['speedup']:.2f}x** ({others}; loader alone {x['speedup_loader_only']:.2f}x) | {target} |")
     sc = r["scaling"]
     out += ["", f"With a folder {sc['big']['images'] // sc['small']['images']}x as large: time to the first step "
